@@ -1,0 +1,7 @@
+"""Entry point of ``python -m backmatch``."""
+
+import sys
+
+from backmatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Local Hessians of blocks: operators, spectra and condition numbers."""
