@@ -119,10 +119,15 @@ class TrainSettings:
         return cls(**data)
 
     def identity(self) -> dict[str, Any]:
-        """Return the settings that determine the results, without execution details."""
+        """Return the settings that determine the results, without execution details.
+
+        The scale-amended options are left out of plain SGD runs, which ignore them.
+        """
         data = self.to_dict()
         for name in EXECUTION_FIELDS:
             data.pop(name)
+        if self.optimizer == "sgd":
+            data.pop("sa")
         return data
 
 

@@ -67,6 +67,7 @@ class DeviceData:
         self.device = torch.device(device)
         self.images = torch.from_numpy(split.images).to(self.device)
         self.labels = torch.from_numpy(split.labels).to(self.device)
+        self.digest = split.digest
         self.channels_last = channels_last
 
         mean, std = CHANNEL_STATS[dataset]
