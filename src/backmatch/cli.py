@@ -117,9 +117,15 @@ def settings_from_args(args: argparse.Namespace, base: dict[str, Any] | None = N
 def _run_data(args: argparse.Namespace) -> int:
     from backmatch.data.download import prepare_dataset
 
+    from backmatch import provenance
+    from backmatch.atomic import write_json_atomic
+
     datasets = ("cifar10", "cifar100") if args.dataset == "all" else (args.dataset,)
+    digests = {}
     for dataset in datasets:
-        prepare_dataset(Path(args.data_dir), dataset, url=args.url, md5=args.md5)
+        digests[dataset] = prepare_dataset(Path(args.data_dir), dataset, url=args.url, md5=args.md5)
+    if args.record:
+        write_json_atomic(args.record, {"data_dir": str(args.data_dir), "digests": digests, "provenance": provenance.collect()})
     return 0
 
 
@@ -149,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", default="resources", help="target folder (default resources)")
     data.add_argument("--url", help="archive address instead of the official one (one data set only)")
     data.add_argument("--md5", help="md5 of the archive at --url")
+    data.add_argument("--record", type=Path, help="also write the verified split digests to this JSON file")
     data.set_defaults(handler=_run_data)
 
     train = commands.add_parser("train", help="train one network and write metrics, checkpoints and provenance")
