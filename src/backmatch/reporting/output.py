@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,17 @@ def save_table(frame: pd.DataFrame, outputs: dict[str, str]) -> None:
     frame.to_csv(outputs["table"], index=False)
 
 
-def save_verdict(outputs: dict[str, str], output_id: str, claim: str, verdict: str, sentence: str, scale: str, **numbers: Any) -> None:
+def save_verdict(
+    outputs: dict[str, str], output_id: str, claim: str, verdict: str, sentence: str, scale: str, caption: str, **numbers: Any
+) -> None:
     """Write the verdict on one claim: ``supported``, ``not supported`` or ``inconclusive``, with the measured sentence."""
     if verdict not in ("supported", "not supported", "inconclusive"):
         raise ValueError(f"verdict must be supported, not supported or inconclusive, got {verdict!r}")
-    record = {"id": output_id, "claim": claim, "verdict": verdict, "sentence": sentence, "scale": scale, "numbers": numbers}
+    # JSON has no NaN; the report reads missing numbers as null.
+    finite = {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in numbers.items()}
+    record = {
+        "id": output_id, "claim": claim, "verdict": verdict, "sentence": sentence,
+        "caption": caption, "scale": scale, "numbers": finite,
+    }
     Path(outputs["verdict"]).parent.mkdir(parents=True, exist_ok=True)
     Path(outputs["verdict"]).write_text(json.dumps(record, indent=2, default=float))
