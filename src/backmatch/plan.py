@@ -54,6 +54,24 @@ class PlanError(ValueError):
     """An invalid workflow config; the message names the config key and the fix."""
 
 
+def config_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Return one line per schema violation of ``config``, naming the key by its dotted path.
+
+    Example:
+        >>> schema = {"type": "object", "properties": {"lr": {"type": "number", "exclusiveMinimum": 0}}}
+        >>> config_problems({"lr": -1}, schema)
+        ['lr: -1 is less than or equal to the minimum of 0']
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda error: list(map(str, error.absolute_path))):
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        problems.append(f"{where}: {error.message}")
+    return problems
+
+
 def _module_file(package_root: Path, module: str) -> Path | None:
     """Return the source file of ``module`` below ``package_root`` (the folder holding ``backmatch``)."""
     path = package_root.joinpath(*module.split("."))
@@ -219,8 +237,12 @@ class Plan:
         return sorted(set(paths))
 
     def output_parameters(self, output_id: str) -> dict[str, Any]:
-        """Return the notebook parameters of figure or table ``output_id``."""
-        members = self.output_members(output_id)
+        """Return the notebook parameters of figure or table ``output_id``.
+
+        Cells are sorted, so the parameters do not depend on the order in which
+        a config lists its variants.
+        """
+        members = sorted(self.output_members(output_id), key=lambda m: (m.experiment, m.variant, m.dataset, m.seed))
         runs = []
         for member in members:
             runs.append({

@@ -13,7 +13,7 @@ rule hessian:
         "results/benchmarks/hessian/{run}/{hessian_key}/epoch_{epoch}.tsv"
     params:
         command="hessian",
-        options=config["hessian"],
+        options=canonical_json(config["hessian"]),
     threads: config["threads"]["hessian"]
     resources:
         gpu=GPUS_PER_JOB,
@@ -34,7 +34,7 @@ rule backmatching:
         "results/benchmarks/backmatching/{backmatching_key}/seed_{seed}.tsv"
     params:
         command="backmatching",
-        options=config["backmatching"],
+        options=canonical_json(config["backmatching"]),
     threads: config["threads"]["hessian"]
     resources:
         gpu=0,

@@ -14,13 +14,23 @@ from snakemake.utils import validate
 SOURCE_DIR = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SOURCE_DIR))
 
-from backmatch.plan import OUTPUTS, PlanError, build_plan
+import yaml
 
+from backmatch.plan import OUTPUTS, PlanError, build_plan, config_problems
+
+CONFIG_FILES = [str(path) for path in workflow.config_settings.configfiles] or ["config/config.yaml"]
+with open(workflow.source_path("../schemas/config.schema.yaml")) as schema_file:
+    _problems = config_problems(config, yaml.safe_load(schema_file))
+if _problems:
+    raise WorkflowError(
+        f"Invalid config ({', '.join(CONFIG_FILES)}); fix these keys before any job starts:\n  "
+        + "\n  ".join(_problems)
+    )
 validate(config, schema="../schemas/config.schema.yaml")
 try:
     PLAN = build_plan(config, SOURCE_DIR)
 except PlanError as error:
-    raise WorkflowError(f"Invalid config: {error}") from None
+    raise WorkflowError(f"Invalid config ({', '.join(CONFIG_FILES)}): {error}") from None
 
 DATA_DIR = config["data_dir"]
 DEVICE = config["device"]
@@ -35,9 +45,19 @@ def data_record(dataset):
     return ancient(f"results/data/{dataset}.json")
 
 
+def canonical_json(data):
+    """Return ``data`` as JSON with sorted keys.
+
+    Rule parameters are passed as such strings because Snakemake compares
+    parameters by their text to decide reruns, and two configs can hold the
+    same values in another key order.
+    """
+    return json.dumps(data, sort_keys=True)
+
+
 def run_settings(wildcards):
     """Return the training settings of a run as JSON for ``backmatch train --settings-json``."""
-    return json.dumps(PLAN.runs[wildcards.run].settings, sort_keys=True)
+    return canonical_json(PLAN.runs[wildcards.run].settings)
 
 
 def run_dataset(wildcards):
@@ -54,7 +74,7 @@ def output_inputs(wildcards):
 
 
 def output_parameters(wildcards):
-    return PLAN.output_parameters(wildcards.output_id)
+    return canonical_json(PLAN.output_parameters(wildcards.output_id))
 
 
 def all_runs():

@@ -7,6 +7,7 @@ not passed as rule parameters, so changing it does not make Snakemake rerun
 finished jobs.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -29,14 +30,14 @@ def arguments(job) -> list[str]:
         folder = str(Path(job.output.summary).parent)
         return ["train", "--settings-json", job.params.settings, *execution, "--no-progress", "--out", folder]
     if command == "hessian":
-        options = job.params.options
+        options = json.loads(job.params.options)
         return [
             "hessian", "--checkpoint", f"{job.input.checkpoints}/epoch_{job.wildcards.epoch}.pt", *execution,
             "--samples", str(options["samples"]), "--probes", str(options["probes"]),
             "--dense-max-dim", str(options["dense_max_dim"]), "--out", job.output[0],
         ]
     if command == "backmatching":
-        options = job.params.options
+        options = json.loads(job.params.options)
         return [
             "backmatching", "--data-dir", config["data_dir"], "--threads", str(job.threads),
             "--seed", job.wildcards.seed, "--samples", str(options["samples"]), "--eta", str(options["eta"]),

@@ -5,6 +5,7 @@ and a description of their scale) plus the paths it must write, and the
 executed copy is kept under results/notebooks/ as a record.
 """
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 notebook = jupytext.read(snakemake.input.notebook)
 notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
-parameters = dict(snakemake.params.parameters)
+parameters = json.loads(snakemake.params.parameters)
 parameters["outputs"] = {name: str(path) for name, path in snakemake.output.items() if name != "notebook"}
 
 papermill.execute_notebook(
