@@ -191,11 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except UsageError as error:
-        parser.error(str(error))
     except (DatasetNotFoundError, DatasetCorruptedError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 1
+    except ValueError as error:
+        # Invalid settings, flags or a resume state of another run: the message
+        # names the value and the fix.
+        parser.error(str(error))
     return 0
 
 

@@ -84,6 +84,7 @@ class GaussNewtonOperator:
         self.shape = point.shape
         self.dim = point.numel()
         self._output, self._vjp = vjp(function, point)
+        self.output_shape = self._output.shape
 
     def jvp(self, vector: torch.Tensor) -> torch.Tensor:
         """Return ``J v`` shaped like the block output."""
@@ -94,7 +95,13 @@ class GaussNewtonOperator:
         return self._vjp(self.jvp(vector))[0]
 
     def dense(self) -> torch.Tensor:
-        """Return ``J^T J`` as a ``dim x dim`` matrix; for small blocks only."""
+        """Return ``J^T J`` as a ``dim x dim`` matrix; for small blocks only.
+
+        Note:
+            ``jacrev`` builds an ``output x output`` basis, so memory grows with
+            the square of the output size. ``backmatch.hessian.dense.gauss_newton_matrix``
+            builds the same matrix column by column.
+        """
         jacobian = jacrev(self.function)(self.point).reshape(-1, self.dim)
         return jacobian.T @ jacobian
 

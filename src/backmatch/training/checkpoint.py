@@ -16,6 +16,15 @@ from backmatch.settings import TrainSettings
 CHECKPOINT_FORMAT = 1
 
 
+class RunDivergedError(ValueError):
+    """Raised when a checkpoint marks an epoch that a diverged run never reached."""
+
+    def __init__(self, path: Path, epoch: int, settings: dict[str, Any]):
+        super().__init__(f"{path}: the run diverged before epoch {epoch}, so this checkpoint holds no network")
+        self.epoch = epoch
+        self.settings = settings
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` with :func:`torch.save`, atomically."""
     with atomic_path(path) as tmp:
@@ -48,8 +57,13 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[BlockNet
         The network with its weights and batch-norm statistics, the settings of
         the run that wrote it, and the number of completed epochs (0 at
         initialisation).
+
+    Raises:
+        RunDivergedError: the run diverged before this epoch; the file is a marker.
     """
     state = read_checkpoint(path, device)
+    if state.get("model") is None and state.get("status") == "diverged":
+        raise RunDivergedError(Path(path), int(state["epoch"]), state["settings"])
     settings = TrainSettings.from_dict(state["settings"])
     model = build_model(settings, dataset_info(settings.dataset).num_classes)
     model.load_state_dict(state["model"])

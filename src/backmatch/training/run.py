@@ -31,6 +31,7 @@ from backmatch import provenance
 from backmatch.atomic import write_atomic, write_json_atomic
 from backmatch.data.cifar import dataset_info
 from backmatch.data.loader import load_device_data
+from backmatch.device import resolve_device
 from backmatch.models import BlockNetwork, build_model
 from backmatch.optim.curvature import measure_closed_form
 from backmatch.optim.scale_amended import ScaleAmendedSGD
@@ -49,15 +50,6 @@ BLOCK_COLUMNS = [
 
 class ResumeMismatchError(ValueError):
     """Raised when the resume state in an output folder belongs to other settings."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``"auto"``, ``"cpu"`` or ``"cuda"`` to a device, checking that CUDA exists."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch finds no CUDA device; use --device cpu or auto")
-    return torch.device(name)
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -213,17 +205,18 @@ def train(settings: TrainSettings, out: Path) -> dict[str, Any]:
             "test_loss": test_loss, "test_acc": test_acc, "seconds": result.seconds,
             "images_per_second": result.images / result.seconds if result.seconds > 0 else float("nan"),
         })
-        logger.info(
-            "epoch %d/%d: lr %.4g, train loss %.4f, train acc %.4f, test loss %.4f, test acc %.4f, %.1f s, %.0f images/s",
-            epoch, settings.epochs, lr, result.loss, result.accuracy, test_loss, test_acc, result.seconds,
-            metrics[-1]["images_per_second"],
-        )
         if status == "diverged":
             logger.warning("loss became NaN or infinite in epoch %d; the run ends with status 'diverged'", epoch)
         else:
             blocks += block_rows(model, probe_batch, epoch, result)
             scheduler.step()
         _save_state(state_dir, settings, model, optimizer, scheduler, generator, device, epoch, metrics, blocks, status)
+        # Logged after the resume state is on disk: a run killed after this line resumes after this epoch.
+        logger.info(
+            "epoch %d/%d: lr %.4g, train loss %.4f, train acc %.4f, test loss %.4f, test acc %.4f, %.1f s, %.0f images/s",
+            epoch, settings.epochs, lr, result.loss, result.accuracy, test_loss, test_acc, result.seconds,
+            metrics[-1]["images_per_second"],
+        )
 
     if status == "running":
         status = "completed"
