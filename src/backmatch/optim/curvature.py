@@ -42,7 +42,8 @@ class BlockStatistics:
     """Forward-pass statistics of one block for one batch.
 
     Attributes:
-        patch_energy: ``sum ||input patch||^2`` over samples and output positions.
+        patch_energy: ``sum ||input patch||^2`` over samples and output positions;
+            ``None`` for batch-normalised blocks, whose formulas do not use it.
         active: per output unit, the number of the ``positions`` through which a
             gradient reaches the unit.
         positions: samples times output positions before pooling (``N``).
@@ -54,7 +55,7 @@ class BlockStatistics:
         inputs: the block input, kept only when requested (numerical estimators).
     """
 
-    patch_energy: torch.Tensor
+    patch_energy: torch.Tensor | None
     active: torch.Tensor
     positions: int
     input_positions: int
@@ -103,6 +104,30 @@ def _conv_geometry(conv: nn.Conv2d, height: int, width: int, device: torch.devic
     return _GEOMETRY_CACHE[key]
 
 
+def _channel_rows(x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` as a (positions, channels) matrix, a view for channels-last or 2-D input.
+
+    Reductions over the rows of this matrix are several times faster on the
+    CPU than reductions over dims (0, 2, 3) of a channels-last tensor.
+    """
+    if x.dim() == 2:
+        return x
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _batch_variance(x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Return the biased per-channel variance of ``x``, computed from shifted moments.
+
+    ``E[(x - s)^2] - (E[x] - s)^2`` with ``s`` close to the mean (the running
+    mean) avoids cancellation and is an order of magnitude faster than
+    ``Tensor.var`` over dims (0, 2, 3) on the CPU (torch 2.14).
+    """
+    rows = _channel_rows(x).float()
+    if shift is not None:
+        rows = rows - shift.float()
+    return (rows.square().mean(dim=0) - rows.mean(dim=0).square()).clamp_min(0.0)
+
+
 class StatisticsRecorder:
     """Record :class:`BlockStatistics` of blocks during forward passes with autograd on.
 
@@ -135,15 +160,20 @@ class StatisticsRecorder:
                 return
             x = args[0].detach()
             taps = None
+            # m_W of a batch-normalised block does not use the input energy, and
+            # skipping it saves a pass over the activations.
+            energy = None
             if isinstance(module, nn.Conv2d):
                 coverage, taps = _conv_geometry(module, x.shape[2], x.shape[3], x.device)
-                energy = (x.float().square().sum(dim=1) * coverage).sum()
+                if block.batch_norm is None:
+                    energy = (x.float().square().sum(dim=1) * coverage).sum()
                 positions = output.shape[0] * output.shape[2] * output.shape[3]
                 input_positions = x.shape[0] * x.shape[2] * x.shape[3]
                 taps = taps * x.shape[0]
             else:
                 x = x.flatten(1)
-                energy = x.float().square().sum()
+                if block.batch_norm is None:
+                    energy = x.float().square().sum()
                 positions = input_positions = x.shape[0]
             self._partial[name] = {
                 "patch_energy": energy,
@@ -153,11 +183,25 @@ class StatisticsRecorder:
                 "inputs": args[0].detach() if self.keep_inputs else None,
             }
 
+        def before_batch_norm(module: nn.BatchNorm2d, args: tuple) -> None:
+            if self._active(module) and module.track_running_stats and module.momentum is not None:
+                self._partial.setdefault(name, {})["running_var"] = module.running_var.detach().clone()
+
         def on_batch_norm(module: nn.BatchNorm2d, args: tuple, output: torch.Tensor) -> None:
             if not self._active(module):
                 return
-            variance = args[0].detach().float().var(dim=(0, 2, 3), unbiased=False) + module.eps
-            self._partial.setdefault(name, {})["bn_variance"] = variance
+            partial = self._partial.setdefault(name, {})
+            previous = partial.pop("running_var", None)
+            if previous is not None:
+                # Train-mode batch norm has just set running_var = (1 - m) * old + m * v,
+                # v the unbiased batch variance, so v costs nothing to recover.
+                count = args[0].numel() // args[0].shape[1]
+                momentum = module.momentum
+                unbiased = (module.running_var.detach().float() - (1 - momentum) * previous.float()) / momentum
+                variance = unbiased.clamp_min(0.0) * (count - 1) / count
+            else:
+                variance = _batch_variance(args[0].detach(), module.running_mean if module.track_running_stats else None)
+            partial["bn_variance"] = variance + module.eps
 
         def on_output(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             if not self._active(module):
@@ -166,10 +210,10 @@ class StatisticsRecorder:
             if partial is None:
                 return
             if block.has_relu:
-                dims = (0, 2, 3) if output.dim() == 4 else (0,)
                 # After ReLU and max-pool, an output > 0 marks exactly one position
-                # with a positive pre-activation that the pool selected.
-                active = (output.detach() > 0).sum(dim=dims).float()
+                # with a positive pre-activation that the pool selected. The output
+                # is never negative, so its sign is the indicator (and fast to sum).
+                active = torch.sign(_channel_rows(output.detach()).float()).sum(dim=0)
             else:
                 active = torch.full((block.weight.shape[0],), float(partial["positions"]), device=output.device)
             if self.keep_inputs and block.kind == "residual":
@@ -186,6 +230,7 @@ class StatisticsRecorder:
 
         self._handles.append(block.layer.register_forward_hook(on_layer))
         if block.batch_norm is not None:
+            self._handles.append(block.batch_norm.register_forward_pre_hook(before_batch_norm))
             self._handles.append(block.batch_norm.register_forward_hook(on_batch_norm))
         self._handles.append(inner.register_forward_hook(on_output))
 
@@ -210,29 +255,34 @@ def closed_form_curvature(block: Block, statistics: BlockStatistics) -> Curvatur
         >>> curvature.m_w, curvature.m_z
         (4.0, 12.5)
     """
-    weight = block.weight.detach().float()
-    units = weight.shape[0]
-    fan_in = weight[0].numel()
-    in_channels = weight.shape[1]
-    row_norms = weight.reshape(units, -1).square().sum(dim=1)
+    weight_sq = block.weight.detach().float().square()
+    units, in_channels = weight_sq.shape[:2]
+    fan_in = weight_sq[0].numel()
+    row_norms = weight_sq.reshape(units, -1).sum(dim=1)
 
     rho = statistics.active / statistics.positions
     if block.batch_norm is not None:
         if statistics.bn_variance is None:
             raise ValueError(f"block {block.name!r} has batch norm but no batch variance was recorded")
-        gamma = block.batch_norm.weight.detach().float()
-        scale_sq = gamma.square() / statistics.bn_variance
-        m_w_units = gamma.square() * rho * statistics.positions / row_norms.clamp_min(torch.finfo(torch.float32).tiny)
+        gamma_sq = block.batch_norm.weight.detach().float().square()
+        scale_sq = gamma_sq / statistics.bn_variance
+        m_w_units = gamma_sq * rho * statistics.positions / row_norms.clamp_min(torch.finfo(torch.float32).tiny)
     else:
         scale = block.module.scale if block.kind == "residual" else 1.0
-        scale_sq = torch.full_like(rho, scale**2)
-        m_w_units = scale_sq * rho * statistics.patch_energy / fan_in
+        scale_sq = scale**2
+        m_w_units = (scale_sq * statistics.patch_energy / fan_in) * rho
 
     # trace(H_z) sums, over output positions, the squared weights of the taps that
     # fall inside the input; zero padding drops the others at the border.
-    tap_energy = (scale_sq * rho).view(-1, *([1] * (weight.dim() - 1))).mul(weight.square()).sum(dim=(0, 1))
-    taps = statistics.tap_positions if statistics.tap_positions is not None else statistics.positions
-    m_z = float((tap_energy * taps).sum()) / (in_channels * statistics.input_positions)
+    coefficients = scale_sq * rho
+    if statistics.tap_positions is not None:
+        # Sum over output units and input channels of coefficient * w^2, per tap;
+        # a matrix-vector product is cheaper to dispatch than einsum.
+        tap_energy = torch.mv(weight_sq.reshape(units, -1).T, coefficients).reshape(in_channels, -1).sum(dim=0)
+        trace = (tap_energy * statistics.tap_positions.flatten()).sum()
+    else:
+        trace = (coefficients * row_norms).sum() * statistics.positions
+    m_z = float(trace) / (in_channels * statistics.input_positions)
     if block.kind == "residual":
         m_z += 1.0
     return Curvature(m_w=float(m_w_units.mean()), m_z=m_z, m_w_per_unit=m_w_units)

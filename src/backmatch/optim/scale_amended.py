@@ -175,6 +175,35 @@ class ScaleAmendedSGD(torch.optim.SGD):
         self._recorder.statistics.clear()
         return raw
 
+    def _normalised(self, raw: dict[str, float | torch.Tensor]) -> tuple[dict[str, float | torch.Tensor], dict[str, bool]]:
+        """Divide the raw factors by their median over scaled blocks, clip them, and flag the clipped ones.
+
+        Unscaled groups (the classifier) get factor 1. Scalar factors stay Python
+        floats, because a step then costs no extra tensor operations.
+        """
+        scaled = [group["block"] for group in self.param_groups if group["scaled"]]
+        if self.options.per_channel:
+            typical = [float(raw[name].mean()) for name in scaled]
+        else:
+            typical = [raw[name] for name in scaled]
+        median = stats.median(typical) if typical and self.options.normalize == "median" else 1.0
+
+        factors: dict[str, float | torch.Tensor] = {}
+        clipped: dict[str, bool] = {}
+        low, high = self.options.clip_min, self.options.clip_max
+        for name in raw:
+            if name not in scaled:
+                factors[name], clipped[name] = 1.0, False
+            elif self.options.per_channel:
+                factor = raw[name] / median
+                factors[name] = factor.clamp(low, high)
+                clipped[name] = bool(((factor < low) | (factor > high)).any())
+            else:
+                factor = raw[name] / median
+                factors[name] = min(max(factor, low), high)
+                clipped[name] = not low <= factor <= high
+        return factors, clipped
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 - same contract as torch.optim.SGD.step
         loss = None
@@ -182,45 +211,33 @@ class ScaleAmendedSGD(torch.optim.SGD):
             with torch.enable_grad():
                 loss = closure()
 
-        raw = self._factors()
-        scaled_names = [group["block"] for group in self.param_groups if group["scaled"]]
-        typical = [float(torch.as_tensor(raw[name]).float().mean()) for name in scaled_names]
-        median = stats.median(typical) if typical and self.options.normalize == "median" else 1.0
-
-        factors = {}
+        factors, clipped = self._normalised(self._factors())
         self.last_record = {}
         for group in self.param_groups:
             name = group["block"]
             if name is None:
                 continue
-            factor = raw[name] / median
-            clipped_factor = factor.clamp(self.options.clip_min, self.options.clip_max) if torch.is_tensor(factor) else min(
-                max(factor, self.options.clip_min), self.options.clip_max
-            )
-            clipped = bool(torch.any(torch.as_tensor(clipped_factor != factor)))
-            if not group["scaled"]:
-                clipped_factor, clipped = 1.0, False
-            factors[name] = clipped_factor
+            factor, m_w = factors[name], group["m_w"]
             self.last_record[name] = {
-                "m_w": float(torch.as_tensor(group["m_w"]).float().mean()),
-                "m_z": float(group["m_z"]),
-                "factor": float(torch.as_tensor(clipped_factor).float().mean()),
-                "clipped": clipped,
+                "m_w": float(m_w.mean()) if torch.is_tensor(m_w) else m_w,
+                "m_z": group["m_z"],
+                "factor": float(factor.mean()) if torch.is_tensor(factor) else factor,
+                "clipped": clipped[name],
             }
 
+        manual = set()
         if self.options.per_channel:
             self._per_channel_update(factors)
             manual = {group["block"] for group in self.param_groups if group["scaled"]}
-        else:
-            manual = set()
 
+        # The scheduled base rate stays in group["lr"]; the factor applies to this update only.
         saved = []
         for group in self.param_groups:
             saved.append((group["lr"], group["params"]))
             if group["block"] in manual:
                 group["params"] = []
             elif group["block"] is not None:
-                group["lr"] = group["lr"] * float(factors[group["block"]])
+                group["lr"] = group["lr"] * factors[group["block"]]
         try:
             super().step()
         finally:
