@@ -78,8 +78,17 @@ def test_block_record_fields(case):
     assert set(record["H_z"]) == SUMMARY_KEYS
     assert record["bn_mode"] == "train"
     assert record["jg_norm"] is None
-    assert record["H_W"]["lanczos_lambda_max"] is not None
+    # By default Lanczos runs only where the spectrum is not exact.
+    for matrix in ("H_W", "H_z"):
+        assert (record[matrix]["lanczos_lambda_max"] is None) == record[matrix]["exact"], matrix
     json.dumps(record, allow_nan=False)
+
+
+def test_lanczos_always_checks_exact_spectra(case):
+    block, inputs = case("conv_bn_relu_pool")
+    record = analyse_block(block, inputs, 0, AnalysisOptions(probes=4, lanczos="always"))
+
+    assert abs(record["H_W"]["lanczos_lambda_max"] / record["H_W"]["lambda_max"] - 1) < 1e-5
 
 
 def test_methods_follow_dense_limit(case):

@@ -41,7 +41,7 @@ def test_fresh_residual_mlp_has_estimates(data_dir, tmp_path):
     out = tmp_path / "mlp.json"
     run_hessian(
         "--model", "mlp", "--width", "8", "--depth", "1", "--residual", "--branch-scale", "0.5", "--seed", "1",
-        "--data-dir", str(data_dir), "--samples", "12", "--probes", "4", "--out", str(out),
+        "--data-dir", str(data_dir), "--samples", "12", "--probes", "4", "--lanczos", "always", "--out", str(out),
     )
     result = json.loads(out.read_text())
     blocks = result["blocks"]

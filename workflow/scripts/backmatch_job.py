@@ -34,7 +34,8 @@ def arguments(job) -> list[str]:
         return [
             "hessian", "--checkpoint", f"{job.input.checkpoints}/epoch_{job.wildcards.epoch}.pt", *execution,
             "--samples", str(options["samples"]), "--probes", str(options["probes"]),
-            "--dense-max-dim", str(options["dense_max_dim"]), "--out", job.output[0],
+            "--dense-max-dim", str(options["dense_max_dim"]), "--lanczos", options["lanczos"],
+            "--lanczos-tol", str(options["lanczos_tol"]), "--out", job.output[0],
         ]
     if command == "backmatching":
         options = json.loads(job.params.options)

@@ -31,6 +31,7 @@ from backmatch.optim.curvature import measure_closed_form
 logger = logging.getLogger(__name__)
 
 BN_MODES = ("train", "eval")
+LANCZOS_CHOICES = ("inexact", "always", "never")
 
 LANCZOS_ONLY_NOTE = (
     "Only the largest eigenvalue is estimated (Lanczos): the smallest eigenvalue of a large operator is not "
@@ -50,6 +51,11 @@ class AnalysisOptions:
             to force wherever that method applies.
         lanczos_tol: relative accuracy of the Lanczos largest eigenvalue.
         estimators: compute the Lanczos and Hutchinson estimates.
+        lanczos: where the Lanczos estimate is computed when ``estimators`` is on:
+            ``"inexact"`` only for matrices without an exact spectrum (where it
+            gives the only exact-operator largest eigenvalue), ``"always"`` also
+            as a cross-check of exact spectra, ``"never"`` only where Lanczos is
+            the spectrum method itself.
         bn_mode: ``"train"`` (batch statistics of the analysed batch) or
             ``"eval"`` (running statistics).
         max_bytes: scratch memory the structured and dense paths aim to stay under.
@@ -63,6 +69,7 @@ class AnalysisOptions:
     method: str = "auto"
     lanczos_tol: float = LANCZOS_TOL
     estimators: bool = True
+    lanczos: str = "inexact"
     bn_mode: str = "train"
     max_bytes: int = DEFAULT_MAX_BYTES
     seed: int = 0
@@ -72,6 +79,8 @@ class AnalysisOptions:
             raise ValueError(f"method {self.method!r} is unknown; use auto or one of {METHODS}")
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode {self.bn_mode!r} is unknown; use train or eval")
+        if self.lanczos not in LANCZOS_CHOICES:
+            raise ValueError(f"lanczos {self.lanczos!r} is unknown; use one of {LANCZOS_CHOICES}")
         if self.dense_max_dim < 0:
             raise ValueError(f"dense_max_dim {self.dense_max_dim} is negative; use 0 to disable the dense method")
         if self.probes < 1:
@@ -237,10 +246,14 @@ def _finish(summary: SpectrumSummary, operator: GaussNewtonOperator, note: str |
         summary.add_note(note)
     if summary.method == "lanczos" or options.estimators:
         start = time.perf_counter()
-        value, lanczos_note = lanczos_lambda_max(operator, tol=options.lanczos_tol, seed=options.seed)
-        summary.lanczos_lambda_max = value
-        if lanczos_note:
-            summary.add_note(lanczos_note)
+        wanted = summary.method == "lanczos" or options.lanczos == "always" or (
+            options.lanczos == "inexact" and not summary.exact
+        )
+        if wanted:
+            value, lanczos_note = lanczos_lambda_max(operator, tol=options.lanczos_tol, seed=options.seed)
+            summary.lanczos_lambda_max = value
+            if lanczos_note:
+                summary.add_note(lanczos_note)
         if options.estimators or summary.mean_eigenvalue is None:
             summary.hutchinson_mean = hutchinson_mean(operator, options.probes, seed=options.seed)
         summary.estimator_seconds = time.perf_counter() - start

@@ -20,7 +20,7 @@ from backmatch.atomic import write_json_atomic
 from backmatch.cli import UsageError, add_data_arguments, add_execution_arguments, add_model_arguments, settings_from_args
 from backmatch.data.cifar import dataset_info
 from backmatch.device import resolve_device
-from backmatch.hessian.analysis import BN_MODES, AnalysisOptions, analyse_model
+from backmatch.hessian.analysis import BN_MODES, LANCZOS_CHOICES, AnalysisOptions, analyse_model
 from backmatch.hessian.iterative import LANCZOS_TOL
 from backmatch.hessian.samples import SAMPLE_SELECTION, fixed_test_batch
 from backmatch.hessian.spectrum import METHODS
@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--probes", type=int, default=16, help="Rademacher probes per Hutchinson estimate (default 16)")
     group.add_argument("--rtol", type=float, help="relative null threshold on eigenvalues (default dim * eps(float64))")
+    group.add_argument(
+        "--lanczos",
+        choices=LANCZOS_CHOICES,
+        default="inexact",
+        help="Lanczos largest eigenvalue for inexact spectra only (default), for every matrix, or never",
+    )
     group.add_argument("--lanczos-tol", type=float, default=LANCZOS_TOL, help=f"relative accuracy of the Lanczos largest eigenvalue (default {LANCZOS_TOL})")
     group.add_argument(
         "--estimators",
@@ -148,6 +154,7 @@ def analysis_options(args: argparse.Namespace) -> AnalysisOptions:
             method=args.method,
             lanczos_tol=args.lanczos_tol,
             estimators=args.estimators,
+            lanczos=args.lanczos,
             bn_mode=args.bn_mode,
             max_bytes=args.max_memory_mb * 2**20,
         )
@@ -183,6 +190,7 @@ def analysis_record(samples: int, dataset: str, options: AnalysisOptions) -> dic
         "rtol_rule": "dim * eps(float64)" if options.rtol is None else "given",
         "lanczos_tol": options.lanczos_tol,
         "estimators": options.estimators,
+        "lanczos": options.lanczos,
         "max_memory_mb": options.max_bytes / 2**20,
         "seed": options.seed,
         "sample_selection": SAMPLE_SELECTION,

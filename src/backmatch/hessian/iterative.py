@@ -95,8 +95,8 @@ def residual_branch_function(block: Block, inputs: torch.Tensor):
 def residual_jacobian_norm(
     block: Block,
     inputs: torch.Tensor,
-    iterations: int = 1000,
-    rtol: float = 1e-12,
+    iterations: int = 500,
+    rtol: float = 1e-9,
     seed: int = 0,
 ) -> float:
     """Estimate ``||J_G||_2`` of a residual block by power iteration on ``J_G^T J_G``.
@@ -104,8 +104,9 @@ def residual_jacobian_norm(
     A residual branch has no batch norm, so ``J_G`` is block-diagonal over the
     samples and ``||J_G||_2`` is the largest per-sample spectral norm. Each
     sample's part of the iterate is normalised on its own, so every sample
-    converges at the rate of its own spectral gap, and the iteration stops when
-    no per-sample Rayleigh quotient changes by more than ``rtol`` (relative).
+    converges at the rate of its own spectral gap. The per-sample Rayleigh
+    quotients never decrease, and the iteration stops when their maximum
+    changes by no more than ``rtol`` (relative) from one product to the next.
     """
     operator = GaussNewtonOperator(residual_branch_function(block, inputs), inputs.detach())
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
@@ -114,10 +115,12 @@ def residual_jacobian_norm(
     quotients = torch.zeros(vector.shape[0], dtype=inputs.dtype, device=inputs.device)
     for _ in range(iterations):
         image = operator.matvec(vector.reshape(inputs.shape)).flatten(1)
-        previous, quotients = quotients, (vector * image).sum(dim=1)
+        previous = quotients.max()
+        quotients = (vector * image).sum(dim=1)
         norms = image.norm(dim=1, keepdim=True)
         # A sample whose branch Jacobian is zero keeps its vector; its quotient stays 0.
         vector = torch.where(norms > 0, image / norms.clamp_min(torch.finfo(image.dtype).tiny), vector)
-        if bool(((quotients - previous).abs() <= rtol * quotients.abs()).all()):
+        largest = quotients.max()
+        if bool((largest - previous).abs() <= rtol * largest.abs()):
             break
     return math.sqrt(max(float(quotients.max()), 0.0))
