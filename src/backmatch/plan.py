@@ -1,4 +1,4 @@
-"""The study plan: which runs, analyses and figures a workflow config asks for.
+"""The study plan: which runs, analyses and figures a workflow config requests.
 
 This module turns a config (the YAML under ``config/``) into training runs, each
 keyed by a content hash of its settings and of the source code it executes, and
@@ -160,9 +160,8 @@ class Run:
         run_id: folder name under ``results/runs``: readable prefix plus key.
         key: content hash of settings and training code.
         settings: :meth:`TrainSettings.identity` plus the checkpoint epochs, passed
-            to ``backmatch train``; where and how fast it runs (data folder,
-            device, threads) comes from the workflow config instead, so that
-            changing those reuses the run.
+            to ``backmatch train``. The data folder, device and threads come from
+            the workflow config instead, so changing them reuses the run.
         checkpoint_epochs: epochs whose checkpoints analyses read.
         members: (experiment, variant) pairs that use this run.
     """

@@ -11,7 +11,7 @@ OPTIMIZERS = ("sgd", "sa-sgd")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
-#: Fields that say where and how fast a run executes but not what it computes.
+#: Fields that set where and how fast a run executes but not what it computes.
 #: They are recorded in provenance and excluded from :meth:`TrainSettings.identity`.
 EXECUTION_FIELDS = ("data_dir", "device", "threads", "progress")
 

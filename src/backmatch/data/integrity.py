@@ -1,10 +1,9 @@
 """Order-independent content digests of CIFAR splits.
 
 The digest of a split is a SHA-256 over the sorted per-image digests, where each
-per-image digest covers the 3,072 pixel bytes and the label. Two copies of a split
-that hold the same (image, label) pairs therefore get the same digest in whatever
-order their files store the images, so a fresh download and a re-packed copy both
-pass, while one changed pixel or label fails.
+per-image digest covers the 3,072 pixel bytes and the label. Two copies of a split that contain the same (image, label) pairs therefore get
+the same digest in whatever order their files store the images. A fresh
+download and a re-packed copy both pass, while one changed pixel or label fails.
 """
 
 from __future__ import annotations

@@ -51,11 +51,11 @@ class AnalysisOptions:
             to force wherever that method applies.
         lanczos_tol: relative accuracy of the Lanczos largest eigenvalue.
         estimators: compute the Lanczos and Hutchinson estimates.
-        lanczos: where the Lanczos estimate is computed when ``estimators`` is on:
-            ``"inexact"`` only for matrices without an exact spectrum (where it
-            gives the only exact-operator largest eigenvalue), ``"always"`` also
-            as a cross-check of exact spectra, ``"never"`` only where Lanczos is
-            the spectrum method itself.
+        lanczos: where the Lanczos estimate is computed when ``estimators`` is on.
+            ``"inexact"`` computes it only for matrices without an exact
+            spectrum, where it is the only largest eigenvalue of the exact
+            operator. ``"always"`` also computes it as a check of exact spectra.
+            ``"never"`` computes it only where Lanczos is the spectrum method.
         bn_mode: ``"train"`` (batch statistics of the analysed batch) or
             ``"eval"`` (running statistics).
         max_bytes: scratch memory the structured and dense paths aim to stay under.

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, settings, epoch = load_network(args)
     except RunDivergedError as error:
-        # A diverged run has no network at this epoch; the record says so, so
-        # that figures can show the divergence instead of failing.
+        # A diverged run has no network at this epoch. The record states that,
+        # so figures can show the divergence instead of failing.
         logger.warning("%s", error)
         record = {"status": "diverged", "checkpoint": str(args.checkpoint), "epoch": error.epoch, "settings": error.settings, "blocks": []}
         write_json_atomic(args.out, {"provenance": provenance.collect(), **record})

@@ -9,19 +9,19 @@ samples times output positions before pooling):
 - ``m_z = (1 / (C_in N_in)) * sum_i s_i^2 rho_i * sum_taps w_i[tap]^2 * N_tap``,
 
 where ``rho_i`` is the fraction of the ``N`` positions through which a gradient
-flows to unit ``i`` (active ReLU and, with a max-pool, selected by the pool),
-``s_i = gamma_i / sigma_i`` with batch norm (batch standard deviation
-``sigma_i``), ``s_i = scale`` on a residual branch and 1 otherwise, ``N_in`` counts input
-positions, and ``N_tap`` counts the positions at which a kernel tap falls inside
-the unpadded input (``N`` for every tap of a linear layer). Away from the border
+flows to unit ``i``: the ReLU is active there and, with a max-pool, the pool
+selected the position. The gain ``s_i`` is ``gamma_i / sigma_i`` with batch norm
+(``sigma_i`` the batch standard deviation), ``scale`` on a residual branch and 1
+otherwise. ``N_in`` counts input positions, and ``N_tap`` counts the positions at
+which a kernel tap falls inside the unpadded input (``N`` for every tap of a
+linear layer). Away from the border
 the last formula is ``||W||_F^2 / C_in`` times ``rho`` and ``N / N_in = 1 / stride^2``. A residual block adds
 the identity: ``m_z = 1 + (the branch's value)``. ``m_W`` of the block is the mean
 of ``m_{W,i}`` over units.
 
 Note:
     The formulas assume that the active units are independent of the input
-    patches and, with batch norm, that the patch covariance is isotropic; the
-    residual ``m_z`` drops the cross term ``2 trace(J_G) / dim``. How much this
+    patches and, with batch norm, that the patch covariance is isotropic. The residual ``m_z`` drops the cross term ``2 trace(J_G) / dim``. How much this
     costs is measured against Hutchinson estimates of the exact traces.
 """
 
@@ -86,9 +86,9 @@ def _conv_geometry(conv: nn.Conv2d, height: int, width: int, device: torch.devic
     """Return the zero-padding geometry of ``conv`` on a ``height x width`` input.
 
     Returns:
-        ``coverage``, per input pixel the number of windows that contain it, and
-        ``taps``, per kernel tap the number of output positions at which the tap
-        falls inside the input; both for one image.
+        ``coverage``, the number of windows that contain each input pixel, and
+        ``taps``, the number of output positions at which each kernel tap falls
+        inside the input. Both count one image.
     """
     key = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, height, width, str(device))
     if key not in _GEOMETRY_CACHE:

@@ -32,7 +32,7 @@ class ScaleAmendedSGD(torch.optim.SGD):
     """SGD with momentum and weight decay whose block weights get curvature-scaled rates.
 
     The weight ``W_b`` of every block but the classifier forms its own parameter
-    group; the classifier weight, all biases and all batch-norm parameters keep
+    group. The classifier weight, all biases and all batch-norm parameters keep
     the base rate. The base rate lives in ``group["lr"]`` as in plain SGD, so
     learning-rate schedulers work unchanged; :meth:`step` multiplies it by the
     block's factor only for the update itself. Forward hooks record the batch

@@ -37,22 +37,19 @@ def load_summaries(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _load_run_tables(runs: list[dict[str, Any]], name: str) -> pd.DataFrame:
+    frames = [pd.read_csv(Path(run["run_dir"]) / name).assign(**_cell(run)) for run in runs]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def load_metrics(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """Return metrics.csv of every run, one row per run and epoch."""
-    frames = []
-    for run in runs:
-        frame = pd.read_csv(Path(run["run_dir"]) / "metrics.csv")
-        frames.append(frame.assign(**_cell(run)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _load_run_tables(runs, "metrics.csv")
 
 
 def load_blocks(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """Return blocks.csv of every run, one row per run, epoch and block."""
-    frames = []
-    for run in runs:
-        frame = pd.read_csv(Path(run["run_dir"]) / "blocks.csv")
-        frames.append(frame.assign(**_cell(run)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _load_run_tables(runs, "blocks.csv")
 
 
 def load_hessian(runs: list[dict[str, Any]]) -> pd.DataFrame:

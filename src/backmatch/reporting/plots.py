@@ -31,7 +31,7 @@ def interval(values) -> tuple[float, float]:
 
 
 def label_variants(frame: pd.DataFrame, column: str = "variant") -> pd.DataFrame:
-    """Return a copy whose ``column`` holds legend names instead of config keys."""
+    """Return a copy whose ``column`` contains legend names instead of config keys."""
     return frame.assign(**{column: frame[column].map(lambda name: LABELS.get(name, name))})
 
 

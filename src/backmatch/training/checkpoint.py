@@ -41,7 +41,7 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    # weights_only=False because the state holds RNG states and plain Python
+    # weights_only=False because the state contains RNG states and plain Python
     # containers; the files are written by this package only.
     state = torch.load(path, map_location=device, weights_only=False)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

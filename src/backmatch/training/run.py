@@ -9,7 +9,8 @@ Output folder layout:
 - ``state/``: resume state while the run is unfinished; removed at the end.
 
 The four outputs are written at the end, atomically, and ``summary.json`` last, so
-a folder with a ``summary.json`` holds a finished run. A run that is killed keeps
+a folder with a ``summary.json``
+contains a finished run. A run that is killed keeps
 ``state/last.pt`` (written after every epoch) and resumes from it when started
 again with the same settings.
 """
@@ -255,7 +256,7 @@ def _finish(out, settings, device, status, epoch, metrics, blocks, train_data, t
             _link_or_copy(source, target)
         else:
             # Epochs after a divergence have no network to save; a marker keeps
-            # the file layout complete and says why.
+            # the file layout complete and records why.
             save_checkpoint(target, {"settings": settings.to_dict(), "epoch": requested, "status": "diverged", "model": None})
         checkpoints[str(requested)] = str(target.relative_to(out))
 
