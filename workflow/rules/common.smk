@@ -90,7 +90,9 @@ def main_output(output_id):
 
 def report_inputs(wildcards):
     """Return the template, every figure, table and verdict, run summaries and job benchmarks."""
-    benchmarks = [f"results/benchmarks/train/{run_id}.tsv" for run_id in sorted(PLAN.runs)]
+    datasets = sorted({run.settings["dataset"] for run in PLAN.runs.values()} | {"cifar10"})
+    benchmarks = [f"results/benchmarks/prepare_data/{dataset}.tsv" for dataset in datasets]
+    benchmarks += [f"results/benchmarks/train/{run_id}.tsv" for run_id in sorted(PLAN.runs)]
     for member in PLAN.members:
         benchmarks += [
             f"results/benchmarks/hessian/{member.run_id}/{PLAN.hessian_key}/epoch_{epoch:03d}.tsv"

@@ -65,7 +65,9 @@ class LinearBlock(nn.Module):
         self.flatten = flatten
         self.layer = nn.Linear(in_features, out_features)
         self.batch_norm = None
-        self.activation = nn.ReLU() if relu else nn.Identity()
+        # In place: the pre-activation is not needed for the backward pass, and
+        # skipping the copy makes a training step measurably faster on the CPU.
+        self.activation = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flatten:
@@ -81,7 +83,7 @@ class ConvBlock(nn.Module):
         # A bias before batch norm would be cancelled by the mean subtraction.
         self.layer = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm)
         self.batch_norm = nn.BatchNorm2d(out_channels) if batch_norm else None
-        self.activation = nn.ReLU()
+        self.activation = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(2) if pool else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
