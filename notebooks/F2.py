@@ -15,7 +15,7 @@
 #
 # For a residual block `z + G(z)`, `H_z = (I + J_G)^T (I + J_G)`, so if
 # `||J_G||_2 <= e < 1` its condition number is at most `((1 + e) / (1 - e))^2`.
-# The assumption `||J_G|| < 1` is strong, so the figure measures `||J_G||_2`
+# The assumption `||J_G|| < 1` is strong. The figure therefore measures `||J_G||_2`
 # per residual block (power iteration) next to the condition numbers of `H_z`
 # for residual and plain MLPs of the same depth, at initialisation and during
 # training, and checks the bound on every block where `e < 1`.

@@ -20,9 +20,10 @@
 # `H_z` per block over training, and the mean eigenvalue of `H_W` against the
 # mean squared row norm of the weight for the batch-normalised blocks.
 #
-# `H_z` of a convolution is too large for an exact spectrum here; its condition
-# number comes from the fan-in sized patch factor (an approximation, recorded
-# as `exact = False` in the table), while the classifier's is exact.
+# `H_z` of a convolution is too large for an exact spectrum here, so its
+# condition number comes from the fan-in sized patch factor. That is an
+# approximation, recorded as `exact = False` in the table. The classifier's
+# spectrum is exact.
 
 # %% tags=["parameters"]
 output_id = "F3"
@@ -68,7 +69,7 @@ save_figure(figure, outputs, "VGG13 with against without batch normalisation", s
 # %% [markdown]
 # The third panel puts the exact mean eigenvalue of `H_W` of every
 # batch-normalised block, seed and epoch against the `1/||w_i||^2` law
-# `gamma_i^2 rho_i N / ||w_i||^2` (which assumes isotropic inputs); a log-log
+# `gamma_i^2 rho_i N / ||w_i||^2`, which assumes isotropic inputs. A log-log
 # slope of 1 means `H_W` follows the law across blocks and training. A pure
 # rescaling of the weights follows it exactly, which a unit test checks.
 
