@@ -67,7 +67,7 @@ sentence = "; ".join(
     f"{matrix}: median closed-form / Hutchinson ratio {format_number(10 ** error[matrix])}x off, "
     f"{format_number(100 * within_ten[matrix])}% of analyses within 10%"
     for matrix in error.index
-) + f" ({len(hessian) // 2} block analyses)."
+) + f" ({len(hessian) // 2} block analyses; supported means a median error within 25% for both matrices)."
 save_verdict(
     outputs, output_id,
     claim="The closed-form scalar curvatures of scale-amended SGD approximate trace/dim of the local Hessians.",

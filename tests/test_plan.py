@@ -105,7 +105,7 @@ def test_schema_names_bad_key(smoke_config, schema):
     smoke_config["train"]["epoch"] = 3
     problems = config_problems(smoke_config, schema)
     assert "experiments.init.variants.gaussian.lr: -1 is less than or equal to the minimum of 0" in problems
-    assert any(problem.startswith("train: Additional properties") and "'epoch'" in problem for problem in problems)
+    assert any(problem.startswith("train: Additional properties") and "did you mean 'epochs'?" in problem for problem in problems)
 
 
 def test_invalid_combination_names_variant(smoke_config):

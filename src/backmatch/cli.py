@@ -1,4 +1,4 @@
-"""The ``backmatch`` command: ``data``, ``train``, ``hessian`` and ``backmatching``."""
+"""The backmatch command line: data, train, hessian and backmatching."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the flags that describe a network; every flag defaults to the settings default."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", choices=MODELS, help="network (default vgg13)")
-    group.add_argument("--width", type=float, help="vgg13: channel multiplier (default 1); mlp: hidden units")
-    group.add_argument("--depth", type=int, help="mlp: hidden width x width blocks (default 8)")
+    group.add_argument("--width", type=float, help="vgg13: channel multiplier (default 1); mlp: units per hidden block (default 256)")
+    group.add_argument("--depth", type=int, help="mlp: number of hidden blocks between the input and output blocks (default 8)")
     group.add_argument("--relu", action=argparse.BooleanOptionalAction, help="mlp: ReLU after hidden blocks (default on)")
     group.add_argument("--bn", action=argparse.BooleanOptionalAction, help="vgg13: batch norm after each conv (default on)")
-    group.add_argument("--init", choices=("he", "orthogonal", "gaussian"), help="he for vgg13; orthogonal or gaussian for mlp")
+    group.add_argument(
+        "--init", choices=("he", "orthogonal", "gaussian"), help="he for vgg13 (its only choice); orthogonal (default) or gaussian for mlp"
+    )
     group.add_argument("--residual", action=argparse.BooleanOptionalAction, help="mlp: residual hidden blocks (default off)")
     group.add_argument("--branch-scale", type=float, help="mlp: factor on each residual branch (default 1)")
-    group.add_argument("--seed", type=int, help="seed of initialisation, data order and augmentation (default 0)")
+    group.add_argument("--seed", type=int, help="seed of the initialisation; training also draws data order and augmentation from it (default 0)")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +65,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_execution_arguments(parser)
     parser.add_argument(
         "--settings-json",
-        help="JSON object of training settings (TrainSettings field names); flags given as well override it",
+        help="JSON object of training settings, named like the flags with underscores (e.g. train_subset); flags given as well override it",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder of the run")
 
@@ -71,23 +74,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float, help="base learning rate per step (default 0.1)")
     group.add_argument("--momentum", type=float, help="heavy-ball momentum (default 0.9)")
     group.add_argument("--weight-decay", type=float, help="L2 weight decay (default 5e-4)")
-    group.add_argument("--lr-milestones", type=int_list, help="epochs after which the rate is multiplied by --lr-gamma, e.g. 100,150")
+    group.add_argument(
+        "--lr-milestones", type=int_list, help="comma-separated epochs after which the rate is multiplied by --lr-gamma, e.g. 100,150 (default none)"
+    )
     group.add_argument("--lr-gamma", type=float, help="learning-rate factor at each milestone (default 0.1)")
     group.add_argument("--epochs", type=int, help="training epochs (default 200)")
     group.add_argument("--batch-size", type=int, help="images per step (default 128)")
-    group.add_argument("--train-subset", type=int, help="train on a class-stratified subset of this many images")
-    group.add_argument("--test-subset", type=int, help="evaluate on a class-stratified subset of this many test images")
+    group.add_argument("--train-subset", type=int, help="train on a class-stratified subset of this many images (default: all 50,000)")
+    group.add_argument("--test-subset", type=int, help="evaluate on a class-stratified subset of this many test images (default: all 10,000)")
     group.add_argument("--subset-seed", type=int, help="seed of the subsets, kept apart from --seed (default 0)")
     group.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random crop and flip (default on)")
-    group.add_argument("--checkpoint-epochs", type=int_list, help="epochs after which to keep a checkpoint; 0 is the initialisation")
+    group.add_argument(
+        "--checkpoint-epochs", type=int_list, help="comma-separated epochs after which to keep a checkpoint, 0 for the initialisation (default none)"
+    )
     group.add_argument("--precision", choices=PRECISIONS, help="fp32, or bf16 autocast on CPU and CUDA (default fp32)")
     group.add_argument("--progress", action=argparse.BooleanOptionalAction, help="tqdm progress bar (default on)")
 
     sa = parser.add_argument_group("scale-amended SGD")
-    sa.add_argument("--sa-rule", choices=("full", "local"), help="full: product over the blocks above; local: m_W only")
+    sa.add_argument("--sa-rule", choices=("full", "local"), help="full: product over the blocks above (default); local: m_W only")
     sa.add_argument("--sa-scalar", choices=("mean", "max"), help="mean eigenvalue (default) or largest one")
     sa.add_argument("--sa-estimator", choices=("closed_form", "numerical"), help="closed forms (default) or Hutchinson/power")
-    sa.add_argument("--sa-per-channel", action=argparse.BooleanOptionalAction, help="one rate per output unit")
+    sa.add_argument("--sa-per-channel", action=argparse.BooleanOptionalAction, help="one rate per output unit (default off: one per block)")
     sa.add_argument("--sa-ema", type=float, help="EMA factor of m across steps (default 0.9)")
     sa.add_argument("--sa-normalize", choices=("median", "none"), help="divide factors by their median (default)")
     sa.add_argument("--sa-clip-min", type=float, help="lower clip of the normalised factors (default 0.01)")
@@ -177,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # torch 2.14's forward-mode AD calls torch.jit.script internally and warns
+    # about its deprecation on every run; the warning concerns torch, not the caller.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -191,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        logger.error("interrupted; start the same command again to resume a training run from its last finished epoch")
+        return 130
     except (DatasetNotFoundError, DatasetCorruptedError, FileNotFoundError) as error:
         logger.error("%s", error)
         return 1

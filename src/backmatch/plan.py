@@ -17,6 +17,7 @@ folder, and an edit to a module the training imports gives every run a new key.
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -68,8 +69,22 @@ def config_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
     problems = []
     for error in sorted(validator.iter_errors(config), key=lambda error: list(map(str, error.absolute_path))):
         where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-        problems.append(f"{where}: {error.message}")
+        problems.append(f"{where}: {error.message}{_suggestion(error)}")
     return problems
+
+
+def _suggestion(error) -> str:
+    """Return ``" (did you mean 'epochs'?)"`` for a misspelt key, else an empty string."""
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return ""
+    known = list(error.schema.get("properties", {}))
+    hints = []
+    for key in error.instance:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            if close:
+                hints.append(f"{key!r}: did you mean {close[0]!r}?")
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def _module_file(package_root: Path, module: str) -> Path | None:
@@ -274,8 +289,8 @@ class Plan:
                 widths = sorted({_width_label(s["width"]) for s in of_model})
                 parts.append(f"VGG13 width {', '.join(widths)}")
             else:
-                shapes = sorted({f"{int(s['width'])}x{s['depth']}" for s in of_model})
-                parts.append(f"MLP {', '.join(shapes)} (width x depth)")
+                shapes = sorted({f"width {int(s['width'])} with {s['depth']} hidden blocks" for s in of_model})
+                parts.append(f"MLP {', '.join(shapes)}")
         epochs = sorted({s["epochs"] for s in settings})
         parts.append(f"{'/'.join(map(str, epochs))} epochs")
         subsets = sorted({s["train_subset"] or 50_000 for s in settings})

@@ -84,7 +84,8 @@ def collect(device: torch.device | None = None, **extra: Any) -> dict[str, Any]:
             "device": str(device),
             "device_name": device_description(device),
             "torch_threads": torch.get_num_threads(),
-            "cuda": torch.version.cuda,
+            "torch_cuda_build": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(),
         },
     }
     record.update(extra)

@@ -16,6 +16,10 @@ DEVICES = ("auto", "cpu", "cuda")
 EXECUTION_FIELDS = ("data_dir", "device", "threads", "progress")
 
 
+#: Fields that only one model reads.
+MODEL_ONLY_FIELDS = {"vgg13": ("bn",), "mlp": ("depth", "relu", "residual", "branch_scale")}
+
+
 @dataclass(frozen=True)
 class ScaleAmendedOptions:
     """Choices of scale-amended SGD; the defaults are the ones the study uses.
@@ -56,13 +60,14 @@ class TrainSettings:
     the channel multiplier of vgg13 and the number of hidden units of mlp;
     ``depth``, ``relu``, ``residual`` and ``branch_scale`` apply to mlp only.
     ``init`` is ``"he"`` for vgg13 and ``"orthogonal"`` or ``"gaussian"`` for mlp,
-    chosen by model when unset.
+    chosen by model when unset, and ``width`` defaults to 1 for vgg13 and 256
+    for mlp.
     """
 
     dataset: str = "cifar10"
     data_dir: str = "resources"
     model: str = "vgg13"
-    width: float = 1.0
+    width: float | None = None
     depth: int = 8
     relu: bool = True
     bn: bool = True
@@ -92,6 +97,8 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.init is None:
             object.__setattr__(self, "init", "he" if self.model == "vgg13" else "orthogonal")
+        if self.width is None:
+            object.__setattr__(self, "width", 1.0 if self.model == "vgg13" else 256.0)
         problems = validation_problems(self)
         if problems:
             raise ValueError("invalid training settings:\n  " + "\n  ".join(problems))
@@ -121,13 +128,16 @@ class TrainSettings:
     def identity(self) -> dict[str, Any]:
         """Return the settings that determine the results, without execution details.
 
-        The scale-amended options are left out of plain SGD runs, which ignore them.
+        Settings that the run ignores are left out: the scale-amended options of
+        plain SGD runs and the fields of the other model.
         """
         data = self.to_dict()
         for name in EXECUTION_FIELDS:
             data.pop(name)
         if self.optimizer == "sgd":
             data.pop("sa")
+        for name in MODEL_ONLY_FIELDS["mlp" if self.model == "vgg13" else "vgg13"]:
+            data.pop(name)
         return data
 
 

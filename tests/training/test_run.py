@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_run_writes_every_output(data_dir, tmp_path):
     assert set(blocks["epoch"]) == {0, 1, 2}
     assert blocks.loc[blocks["epoch"] == 0, "sa_factor"].isna().all()
     assert blocks.loc[blocks["epoch"] == 2, "sa_factor"].notna().all()
-    assert not (tmp_path / "state").exists()
+    assert (tmp_path / "state" / "last.pt").is_file()
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["provenance"]["versions"]["torch"] is not None
     assert written["provenance"]["seed"] == 0
@@ -147,3 +148,43 @@ def test_cli_reports_missing_data(tmp_path):
     assert result.returncode == 1
     assert "not found" in result.stderr
     assert "backmatch data" in result.stderr
+
+
+def test_finished_run_is_returned_unchanged(data_dir, tmp_path):
+    settings = _settings(data_dir, epochs=1, checkpoint_epochs=(1,))
+    first = train(settings, tmp_path)
+    written = (tmp_path / "metrics.csv").stat().st_mtime_ns
+    again = train(settings, tmp_path)
+    assert again == first
+    assert (tmp_path / "metrics.csv").stat().st_mtime_ns == written
+
+
+def test_finished_run_with_other_settings_is_rejected(data_dir, tmp_path):
+    train(_settings(data_dir, epochs=1, checkpoint_epochs=()), tmp_path)
+    with pytest.raises(ResumeMismatchError, match="epochs: 1 there, 2 now"):
+        train(_settings(data_dir, epochs=2, checkpoint_epochs=()), tmp_path)
+
+
+def test_deleted_outputs_are_rewritten_from_state(data_dir, tmp_path):
+    settings = _settings(data_dir, epochs=2, checkpoint_epochs=(0, 2))
+    train(settings, tmp_path)
+    reference = _metrics(tmp_path)
+    # Snakemake removes the declared outputs of a job before it reruns it.
+    for name in ("summary.json", "metrics.csv", "blocks.csv"):
+        (tmp_path / name).unlink()
+    shutil.rmtree(tmp_path / "checkpoints")
+    summary = train(settings, tmp_path)
+    assert summary["status"] == "completed"
+    pd.testing.assert_frame_equal(_metrics(tmp_path), reference)
+    assert (tmp_path / "checkpoints" / "epoch_002.pt").is_file()
+
+
+def test_foreign_output_folder_is_rejected(data_dir, tmp_path):
+    (tmp_path / "thesis.txt").write_text("do not overwrite")
+    with pytest.raises(ValueError, match="thesis.txt"):
+        train(_settings(data_dir, epochs=1, checkpoint_epochs=()), tmp_path)
+
+
+def test_oversized_subset_is_rejected(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="train_subset 60000 exceeds the 50000 images"):
+        train(_settings(data_dir, epochs=1, checkpoint_epochs=(), train_subset=60000), tmp_path)

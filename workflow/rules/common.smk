@@ -3,6 +3,7 @@
 # Snakemake parses the workflow, before any job starts.
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import yaml
 
 from backmatch.plan import OUTPUTS, PlanError, build_plan, config_problems
 
-CONFIG_FILES = [str(path) for path in workflow.config_settings.configfiles] or ["config/config.yaml"]
+CONFIG_FILES = [os.path.normpath(path) for path in workflow.config_settings.configfiles] or ["config/config.yaml"]
 with open(workflow.source_path("../schemas/config.schema.yaml")) as schema_file:
     _problems = config_problems(config, yaml.safe_load(schema_file))
 if _problems:

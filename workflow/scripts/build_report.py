@@ -52,13 +52,11 @@ def format_cell(value: str) -> str:
     return f"{number:.4g}"
 
 
-def read_table(path: str, max_rows: int = 40) -> dict:
+def read_table(path: str) -> dict:
+    """Return every row of a CSV table, numbers rounded for display; long tables continue on the next page."""
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     header, body = rows[0], rows[1:]
-    if len(body) > max_rows:
-        logger.info("table %s has %d rows; the report shows the first %d", path, len(body), max_rows)
-        body = body[:max_rows]
     return {"columns": header, "rows": [[format_cell(cell) for cell in row] for row in body]}
 
 

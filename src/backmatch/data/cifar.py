@@ -146,9 +146,8 @@ def load_split(data_dir: Path, dataset: str, train: bool, verify: bool = True) -
     """
     info = dataset_info(dataset)
     files = split_files(data_dir, dataset, train)
-    absent = [path for path in files if not path.is_file()]
-    if absent:
-        raise DatasetNotFoundError(not_found_message(Path(data_dir), dataset, absent))
+    if any(not path.is_file() for path in files):
+        raise DatasetNotFoundError(not_found_message(Path(data_dir), dataset, missing_files(data_dir, dataset)))
 
     parts = [_read_batch(path, info.label_key) for path in files]
     images = np.concatenate([part[0] for part in parts])
@@ -188,7 +187,8 @@ def not_found_message(data_dir: Path, dataset: str, absent: list[Path], download
     lines += [
         "Fill the folder in one of two ways:",
         f"  1. with network access: backmatch data --dataset {dataset} --data-dir {data_dir}",
-        f"  2. offline: copy {info.archive_name} (md5 {info.archive_md5}) into {data_dir} and run the same",
-        f"     command, or extract the archive so that {data_dir / info.folder} holds {', '.join(info.train_files + info.test_files)}.",
+        f"  2. offline: copy {info.archive_name} (md5 {info.archive_md5}) into {data_dir} and run that",
+        f"     backmatch data command, or extract the archive so that {data_dir / info.folder} contains",
+        f"     {', '.join(info.train_files + info.test_files)}.",
     ]
     return "\n".join(lines)

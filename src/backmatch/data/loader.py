@@ -127,6 +127,12 @@ def load_device_data(
 ) -> DeviceData:
     """Load, verify and optionally subsample a split, and move it to ``device``."""
     split = load_split(data_dir, dataset, train=train)
+    if subset is not None and subset > len(split.labels):
+        name = "train_subset" if train else "test_subset"
+        raise ValueError(
+            f"{name} {subset} exceeds the {len(split.labels)} images of the {dataset} {'training' if train else 'test'} split; "
+            f"lower it, or leave it unset to use the whole split"
+        )
     if subset is not None and subset < len(split.labels):
         index = stratified_subset(split.labels, subset, dataset_info(dataset).num_classes, subset_seed)
         split = Split(images=split.images[index], labels=split.labels[index], digest=split.digest)

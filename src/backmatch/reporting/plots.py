@@ -40,7 +40,7 @@ def learning_curves(metrics: pd.DataFrame) -> plt.Figure:
     frame = label_variants(metrics)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     sns.lineplot(data=frame, x="epoch", y="train_loss", hue="variant", errorbar=interval, marker="o", ax=axes[0])
-    axes[0].set(ylabel="training loss (nats)", yscale="log", title="Training loss")
+    axes[0].set(ylabel="training loss (nats)", title="Training loss")
     sns.lineplot(data=frame, x="epoch", y="test_acc", hue="variant", errorbar=interval, marker="o", ax=axes[1])
     axes[1].set(ylabel="test accuracy", title="Test accuracy")
     for axis in axes:

@@ -74,13 +74,13 @@ def train_epoch(
     device = data.device
     model.train()
     blocks = model.blocks()
-    block_groups = {group.get("block"): group for group in optimizer.param_groups}
+    # Schedulers change the base rate between epochs only.
+    base_lr = optimizer.param_groups[0]["lr"]
     check_every = 1 if device.type == "cpu" else 50
 
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     update_sums = {block.name: torch.zeros((), device=device) for block in blocks}
-    lr_sums = {block.name: 0.0 for block in blocks}
     factor_sums = {block.name: 0.0 for block in blocks}
     clip_counts = {block.name: 0 for block in blocks}
     images = steps = 0
@@ -88,7 +88,11 @@ def train_epoch(
 
     batches = data.train_batches(batch_size, generator, augment=augment)
     steps_per_epoch = len(data) // batch_size
-    bar = tqdm(batches, total=steps_per_epoch, desc=description, unit="batch", leave=False, disable=not progress, mininterval=2.0)
+    # disable=None lets tqdm switch itself off when stderr is not a terminal.
+    bar = tqdm(
+        batches, total=steps_per_epoch, desc=description, unit="batch", leave=False,
+        disable=None if progress else True, mininterval=2.0,
+    )
 
     _synchronize(device)
     start = time.perf_counter()
@@ -106,14 +110,9 @@ def train_epoch(
                 update_sums[block.name] += (block.weight - old).norm() / old.norm().clamp_min(1e-30)
 
         record = getattr(optimizer, "last_record", {})
-        for block in blocks:
-            group = block_groups.get(block.name)
-            factor = record[block.name]["factor"] if block.name in record else 1.0
-            base_lr = group["lr"] if group is not None else optimizer.param_groups[0]["lr"]
-            lr_sums[block.name] += base_lr * factor
-            if block.name in record:
-                factor_sums[block.name] += factor
-                clip_counts[block.name] += int(record[block.name]["clipped"])
+        for name, entry in record.items():
+            factor_sums[name] += entry["factor"]
+            clip_counts[name] += int(entry["clipped"])
 
         total_loss += loss.detach().double() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum()
@@ -139,7 +138,7 @@ def train_epoch(
         images=images,
         seconds=seconds,
         diverged=diverged,
-        block_lr={name: value / max(steps, 1) for name, value in lr_sums.items()},
+        block_lr={name: base_lr * (factor_sums[name] / steps if has_record and steps else 1.0) for name in factor_sums},
         relative_update={name: float(value) / max(steps, 1) for name, value in update_sums.items()},
         sa_factor={name: value / max(steps, 1) for name, value in factor_sums.items()} if has_record else {},
         sa_clipped={name: value / max(steps, 1) for name, value in clip_counts.items()} if has_record else {},

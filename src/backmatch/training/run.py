@@ -6,18 +6,21 @@ Output folder layout:
 - ``blocks.csv``: one row per epoch and block (epoch 0 is the initialisation).
 - ``checkpoints/epoch_NNN.pt``: the requested checkpoints.
 - ``summary.json``: status, accuracies, settings, data digests and provenance.
-- ``state/``: resume state while the run is unfinished; removed at the end.
+- ``state/``: the resume state, written after every epoch, and the requested
+  checkpoints, which ``checkpoints/`` links to.
 
 The four outputs are written at the end, atomically, and ``summary.json`` last, so
-a folder with a ``summary.json``
-contains a finished run. A run that is killed keeps
-``state/last.pt`` (written after every epoch) and resumes from it when started
-again with the same settings.
+a folder with a ``summary.json`` contains a finished run, and starting the same
+run again returns it unchanged. A run that is killed resumes from
+``state/last.pt`` when started again with the same settings. The state stays
+after the run finishes, so a rerun whose outputs were deleted (Snakemake does
+that before it reruns a job) rewrites them without training again.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -50,7 +53,11 @@ BLOCK_COLUMNS = [
 
 
 class ResumeMismatchError(ValueError):
-    """Raised when the resume state in an output folder belongs to other settings."""
+    """Raised when an output folder holds a run, or the state of one, with other settings."""
+
+
+#: Names a run folder may contain; anything else means --out points at a foreign folder.
+RUN_FOLDER_ENTRIES = {"metrics.csv", "blocks.csv", "summary.json", "checkpoints", "state"}
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -110,14 +117,24 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
     write_atomic(path, lambda handle: frame.to_csv(handle, index=False))
 
 
-def _check_resume(state: dict[str, Any], settings: TrainSettings, path: Path) -> None:
-    stored = TrainSettings.from_dict(state["settings"]).identity()
+def _check_same_run(stored_settings: dict[str, Any], settings: TrainSettings, path: Path) -> None:
+    stored = TrainSettings.from_dict(stored_settings).identity()
     current = settings.identity()
-    differences = [f"{key}: {stored[key]!r} there, {current[key]!r} now" for key in current if stored.get(key) != current[key]]
+    keys = sorted(set(stored) | set(current))
+    differences = [f"{key}: {stored.get(key)!r} there, {current.get(key)!r} now" for key in keys if stored.get(key) != current.get(key)]
     if differences:
         raise ResumeMismatchError(
             f"{path} belongs to a run with other settings ({'; '.join(differences)}). "
             f"Use another --out folder, or delete {path.parent} to start this run afresh."
+        )
+
+
+def _check_output_folder(out: Path) -> None:
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in RUN_FOLDER_ENTRIES and not entry.name.startswith("."))
+    if foreign:
+        raise ValueError(
+            f"--out {out} already contains {', '.join(foreign[:5])}, which are not outputs of backmatch train; "
+            "choose a new or empty folder"
         )
 
 
@@ -144,6 +161,15 @@ def train(settings: TrainSettings, out: Path) -> dict[str, Any]:
     state_dir = out / "state"
     last_path = state_dir / "last.pt"
     wall_start = time.perf_counter()
+
+    if out.is_dir():
+        _check_output_folder(out)
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        _check_same_run(summary["settings"], settings, summary_path)
+        logger.info("%s already contains this run (status %s); delete it to train again", out, summary["status"])
+        return summary
 
     num_classes = dataset_info(settings.dataset).num_classes
     channels_last = settings.model == "vgg13"
@@ -174,7 +200,7 @@ def train(settings: TrainSettings, out: Path) -> dict[str, Any]:
     status = "running"
     if last_path.is_file():
         state = read_checkpoint(last_path, device)
-        _check_resume(state, settings, last_path)
+        _check_same_run(state["settings"], settings, last_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -276,7 +302,8 @@ def _finish(out, settings, device, status, epoch, metrics, blocks, train_data, t
         "best_epoch": best["epoch"] if best else None,
         "train_seconds": train_seconds,
         "images_per_second": sum(row["images_per_second"] for row in metrics) / len(metrics) if metrics else None,
-        "wall_seconds_last_session": time.perf_counter() - wall_start,
+        # Wall time of the last invocation only, when the run was resumed.
+        "session_wall_seconds": time.perf_counter() - wall_start,
         "checkpoints": checkpoints,
         "data": {
             "train_images": len(train_data),
@@ -288,8 +315,7 @@ def _finish(out, settings, device, status, epoch, metrics, blocks, train_data, t
         "provenance": provenance.collect(device, seed=settings.seed),
     }
     write_json_atomic(out / "summary.json", summary)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    logger.info("run %s: %s after %d epochs, best test accuracy %s", out, status, epoch, summary["best_test_acc"])
+    logger.info("run %s: %s after %d epoch(s), best test accuracy %s", out, status, epoch, summary["best_test_acc"])
     return summary
 
 
