@@ -7,6 +7,7 @@ not passed as rule parameters, so changing it does not make Snakemake rerun
 finished jobs.
 """
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -47,7 +48,6 @@ def arguments(job) -> list[str]:
     raise ValueError(f"unknown backmatch command {command!r}")
 
 
-with open(snakemake.log[0], "w") as log:
-    sys.stdout = sys.stderr = log
+with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     status = main(arguments(snakemake))
 sys.exit(status)
