@@ -95,8 +95,8 @@ else:
 sentence = (
     f"Over training, the effective rate of batch-normalised blocks drifts by a median factor of "
     f"10^{format_number(sgd_drift)} under SGD (weight norms grow by {format_number(summary['weight_norm_ratio'].get('sgd', np.nan))}x) "
-    f"and 10^{format_number(amended_drift)} under scale-amended SGD"
-    + (" (below the factor of 1.25 needed to test cancelling)." if sgd_drift < MINIMUM_DRIFT else ".")
+    f"and 10^{format_number(amended_drift)} under scale-amended SGD."
+    + (" SGD's drift is below the factor of 1.25 needed to test cancelling." if sgd_drift < MINIMUM_DRIFT else "")
 )
 save_verdict(
     outputs, output_id,

@@ -21,7 +21,13 @@ CASES = {
     "conv_bn": lambda: (_block("conv", ConvBlock(4, 6, batch_norm=True, pool=False)), (16, 4, 8, 8)),
     "conv_bn_pool": lambda: (_block("conv", ConvBlock(4, 6, batch_norm=True, pool=True)), (16, 4, 8, 8)),
     "residual": lambda: (_block("residual", ResidualBlock(24, relu=True, scale=0.5)), (64, 24)),
+    "conv_bn_no_running_stats": lambda: (_block("conv", _without_running_stats(ConvBlock(4, 6, batch_norm=True, pool=True))), (16, 4, 8, 8)),
 }
+
+
+def _without_running_stats(module):
+    module.batch_norm = torch.nn.BatchNorm2d(module.batch_norm.num_features, track_running_stats=False)
+    return module
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
