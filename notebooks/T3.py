@@ -16,9 +16,9 @@
 # Scale-amended SGD summarises each local Hessian by one number, `m ~ trace/dim`,
 # from closed forms in batch statistics. This table compares those values with
 # Hutchinson estimates of `trace/dim` of the exact Gauss-Newton operators, per
-# block, for VGG13 with and without batch normalisation (mean over seeds and
-# analysed epochs), and with the exact `trace/dim` where the analysis computed
-# an exact spectrum. A ratio of 1 means the closed form is exact.
+# block of VGG13 with and without batch normalisation. It averages over seeds
+# and analysed epochs, and adds the exact `trace/dim` where the analysis
+# computed an exact spectrum. A ratio of 1 means the closed form is exact.
 
 # %% tags=["parameters"]
 output_id = "T3"
@@ -35,7 +35,7 @@ from backmatch.reporting.output import save_table, save_verdict
 from backmatch.reporting.stats import format_number
 
 hessian = load_hessian(runs).dropna(subset=["block", "m_closed", "hutchinson_mean"])
-# Where the spectrum is exact, its mean eigenvalue is the exact trace/dim.
+# An exact spectrum's mean eigenvalue is the exact trace/dim.
 exact_mean = hessian["mean_eigenvalue"].where(hessian["exact"] == True)  # noqa: E712 - column of bools
 hessian = hessian.assign(ratio=hessian["m_closed"] / hessian["hutchinson_mean"], exact_mean=exact_mean)
 table = (

@@ -6,10 +6,11 @@ lists the inputs of every figure and table. It imports neither torch nor
 Snakemake, so the Snakefile can use it before any job starts, and tests can
 check it directly.
 
-Cache keys: a run's key hashes its settings (without execution details such as
-device and threads, which change results only at the level of floating-point
-rounding) and the source files of every ``backmatch`` module that the training
-entry point imports, found by reading import statements. Two configs that
+Cache keys: a run's key hashes its settings and the source files of every
+``backmatch`` module that the training entry point imports, found by reading
+import statements. Execution details such as device and threads stay out of
+the key, because they change results only at the level of floating-point
+rounding. Two configs that
 describe the same run therefore share its folder, a changed setting gives a new
 folder, and an edit to a module the training imports gives every run a new key.
 """

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Where a CIFAR variant lives on disk and where to download it from."""
+    """Location on disk and download address of one CIFAR variant."""
 
     name: str
     folder: str
@@ -125,7 +125,7 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetCorruptedError(f"{path} has no key {error}; expected a CIFAR pickle with 'data' and {label_key!r}") from error
     if images.ndim != 2 or images.shape[1] != 3072 or len(images) != len(labels):
         raise DatasetCorruptedError(
-            f"{path} holds data of shape {images.shape} and {len(labels)} labels; expected (n, 3072) and n labels"
+            f"{path} contains data of shape {images.shape} and {len(labels)} labels; expected (n, 3072) and n labels"
         )
     return images, labels
 

@@ -130,7 +130,7 @@ def _batch_variance(x: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor
 
 #: Samples of a batch on which the active fraction ``rho`` is counted. Counting
 #: every sample costs a full pass over each block's output, about 6% of a
-#: training step of VGG13 at width 1/8 on two CPU cores; 32 samples leave at
+#: training step of VGG13 at width 1/8 on two CPU cores. 32 samples leave at
 #: least 128 positions per unit in VGG13, and the EMA smooths the estimate.
 RHO_SAMPLES = 32
 
