@@ -92,8 +92,8 @@ def back_matching_pass(
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is unknown; use one of {MODES}")
     blocks = model.blocks()
-    weight_steps = _steps(weight_steps, len(blocks), "weight_steps")
-    input_steps = _steps(input_steps, len(blocks), "input_steps")
+    weight_steps = validate_steps(weight_steps, len(blocks), "weight_steps")
+    input_steps = validate_steps(input_steps, len(blocks), "input_steps")
     if mode == "exact":
         for block in blocks:
             _require_exact_block(block)
@@ -119,7 +119,8 @@ def back_matching_pass(
     return BackMatchingPass(parameters=new_parameters, activations=activations, targets=targets)
 
 
-def _steps(steps: Sequence[float] | None, count: int, name: str) -> list[float]:
+def validate_steps(steps: Sequence[float] | None, count: int, name: str) -> list[float]:
+    """Return one positive step curvature per block, all 1 when ``steps`` is ``None``."""
     if steps is None:
         return [1.0] * count
     steps = [float(step) for step in steps]

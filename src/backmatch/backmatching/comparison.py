@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from backmatch.backmatching.algorithm import Loss, back_matching_pass
+from backmatch.backmatching.algorithm import Loss, back_matching_pass, validate_steps
 from backmatch.models.blocks import BlockNetwork
 
 
@@ -74,8 +74,8 @@ def compare_with_gradient_step(
         of the gradient step, for scale) and ``rate`` (``eta_b``).
     """
     blocks = model.blocks()
-    weight_steps = list(weight_steps) if weight_steps is not None else [1.0] * len(blocks)
-    input_steps = list(input_steps) if input_steps is not None else [1.0] * len(blocks)
+    weight_steps = validate_steps(weight_steps, len(blocks), "weight_steps")
+    input_steps = validate_steps(input_steps, len(blocks), "input_steps")
     rates = per_block_rates(eta, weight_steps, input_steps)
 
     matched = back_matching_pass(model, images, labels, eta, weight_steps, input_steps, mode="gradient", loss=loss)

@@ -246,10 +246,10 @@ def _finish(summary: SpectrumSummary, operator: GaussNewtonOperator, note: str |
         summary.add_note(note)
     if summary.method == "lanczos" or options.estimators:
         start = time.perf_counter()
-        wanted = summary.method == "lanczos" or options.lanczos == "always" or (
+        requested = summary.method == "lanczos" or options.lanczos == "always" or (
             options.lanczos == "inexact" and not summary.exact
         )
-        if wanted:
+        if requested:
             value, lanczos_note = lanczos_lambda_max(operator, tol=options.lanczos_tol, seed=options.seed)
             summary.lanczos_lambda_max = value
             if lanczos_note:
