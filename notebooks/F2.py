@@ -76,7 +76,7 @@ table
 # %% [markdown]
 # Verdict: supported when the bound holds on every residual block with `e < 1`
 # and residual blocks have a lower median condition number of `H_z` than plain
-# blocks at every analysed epoch; not supported when the bound fails anywhere.
+# blocks at every analysed epoch. It is not supported when the bound fails anywhere.
 # Residual blocks with `e >= 1` are outside the claim and counted separately.
 
 # %%

@@ -82,7 +82,7 @@ table
 # %% [markdown]
 # Verdict: supported when, at every analysed epoch, the median condition number
 # over blocks and seeds is lower with batch normalisation for both `H_W` and
-# `H_z`; not supported when it is higher for both at every epoch.
+# `H_z`. It is not supported when it is higher for both at every epoch.
 
 # %%
 comparisons = {

@@ -14,9 +14,10 @@
 # # T1: one back-matching pass against one back-propagation step
 #
 # For each network, one back-matching pass replaces every argmin by one
-# gradient step, either of size 1 ("unit", compared with `W - eta dL/dW`) or of sizes
-# `1/m_W` and `1/m_z` with random m in [0.5, 2] ("scaled", compared with SGD at
-# the per-block rate `eta / (m_W prod_{k>b} m_z)`). The table gives, per network
+# gradient step. With "unit" steps the step size is 1, and the result is
+# compared with `W - eta dL/dW`. With "scaled" steps the sizes are `1/m_W` and
+# `1/m_z` with random m in [0.5, 2], and the result is compared with SGD at the
+# per-block rate `eta / (m_W prod_{k>b} m_z)`. The table gives, per network
 # and step rule, the largest absolute parameter difference over blocks and
 # seeds, next to the largest update, in float64.
 

@@ -42,8 +42,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     tmp = Path(name)
-    # mkstemp creates the file readable by its owner only; give the final file
-    # the permissions a plain open() would, so that other users can read results.
+    # mkstemp creates the file readable by its owner only. The final file gets
+    # the permissions a plain open() would give, so other users can read results.
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp

@@ -143,7 +143,7 @@ def _relative_update(optimizer_factory, scale: float) -> float:
     return float((block.weight.detach() - before).norm() / before.norm())
 
 
-def test_bn_relative_update_is_scale_invariant_under_amended_sgd():
+def test_bn_update_scale_invariant_amended():
     # Without normalisation the raw factors are far below the default clip range.
     options = ScaleAmendedOptions(normalize="none", clip_min=1e-9, clip_max=1e9)
 
@@ -153,7 +153,7 @@ def test_bn_relative_update_is_scale_invariant_under_amended_sgd():
     assert _relative_update(factory, 4.0) == pytest.approx(_relative_update(factory, 1.0), rel=1e-4)
 
 
-def test_bn_relative_update_depends_on_scale_under_sgd():
+def test_bn_update_scale_dependent_sgd():
     def factory(model):
         return torch.optim.SGD(model.parameters(), lr=0.1)
 

@@ -53,7 +53,7 @@ BLOCK_COLUMNS = [
 
 
 class ResumeMismatchError(ValueError):
-    """Raised when an output folder holds a run, or the state of one, with other settings."""
+    """Raised when an output folder contains a run, or the state of one, with other settings."""
 
 
 #: Names a run folder may contain; anything else means --out points at a foreign folder.
