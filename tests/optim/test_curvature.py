@@ -21,8 +21,14 @@ CASES = {
     "conv_bn": lambda: (_block("conv", ConvBlock(4, 6, batch_norm=True, pool=False)), (16, 4, 8, 8)),
     "conv_bn_pool": lambda: (_block("conv", ConvBlock(4, 6, batch_norm=True, pool=True)), (16, 4, 8, 8)),
     "residual": lambda: (_block("residual", ResidualBlock(24, relu=True, scale=0.5)), (64, 24)),
+    "conv_strided": lambda: (_block("conv", _strided(ConvBlock(4, 6, batch_norm=False, pool=False))), (16, 4, 8, 8)),
     "conv_bn_no_running_stats": lambda: (_block("conv", _without_running_stats(ConvBlock(4, 6, batch_norm=True, pool=True))), (16, 4, 8, 8)),
 }
+
+
+def _strided(module):
+    module.layer = torch.nn.Conv2d(4, 6, kernel_size=3, stride=2, padding=1)
+    return module
 
 
 def _without_running_stats(module):

@@ -1,4 +1,5 @@
 import copy
+import math
 import io
 
 import pytest
@@ -228,3 +229,22 @@ def test_per_channel_rates_follow_units():
     expected = 0.1 * grad / torch.arange(1, 6, dtype=torch.float32).view(-1, 1)
     assert torch.allclose(before - block.weight.detach(), expected, atol=1e-7)
     del m_w
+
+
+def test_steps_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = vgg13(10, width=0.0625).to(memory_format=torch.channels_last)
+    optimizer = ScaleAmendedSGD(model, lr=0.05)
+    for seed in range(3):
+        inputs, targets = _data(seed=seed, n=8, shape=(3, 32, 32))
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(inputs.contiguous(memory_format=torch.channels_last)), targets)
+        loss.backward()
+        optimizer.step()
+    assert optimizer._batched.variances.recovered
+    for name, record in optimizer.last_record.items():
+        assert math.isfinite(record["m_w"]), name
+        assert record["m_w"] > 0, name
+        assert math.isfinite(record["m_z"]), name
+        assert record["m_z"] > 0, name
