@@ -156,7 +156,7 @@ def analyse_block(block: Block, inputs: torch.Tensor, index: int, options: Analy
         >>> record = analyse_block(block, torch.randn(6, 5, dtype=torch.float64), 1,
         ...                        AnalysisOptions(probes=2))
         >>> record["H_W"]["method"], record["H_z"]["method"]
-        ('dense', 'dense')
+        ('structured', 'structured')
     """
     bn_mode = "train" if block.module.training else "eval"
     unsupported = structured_support(block)
