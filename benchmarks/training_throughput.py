@@ -113,26 +113,37 @@ def backmatch_throughput(
     return max(rates)
 
 
-def step_seconds(width: float, optimizer_name: str, batch_size: int, steps: int) -> float:
-    """Return the median seconds of one forward, backward and optimiser step on a fixed batch."""
-    torch.manual_seed(0)
-    model = vgg13(10, width=width).to(memory_format=torch.channels_last)
+def step_seconds(width: float, batch_size: int, steps: int) -> dict[str, float]:
+    """Return the median seconds of one forward, backward and step with SGD and with scale-amended SGD.
+
+    The two optimisers train their own copy of the same model on one fixed batch
+    and take turns step by step, so that a burst of load on the machine slows
+    both alike. Learning rate 0 keeps both models at their initial weights, so
+    each step processes the same data with both.
+    """
     images = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,))
-    if optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    else:
-        optimizer = ScaleAmendedSGD(model, lr=0.05)
-    times = []
-    for step in range(steps + 3):
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step >= 3:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    runs = {}
+    for name in ("sgd", "sa-sgd"):
+        torch.manual_seed(0)
+        model = vgg13(10, width=width).to(memory_format=torch.channels_last)
+        if name == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+        else:
+            optimizer = ScaleAmendedSGD(model, lr=0.0)
+        runs[name] = (model, optimizer, [])
+
+    warmup = 5
+    for step in range(steps + warmup):
+        for model, optimizer, times in runs.values():
+            start = time.perf_counter()
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, (_, _, times) in runs.items()}
 
 
 def bf16_accuracy_cost(data_dir: Path, width: float, epochs: int, images: int) -> dict:
@@ -164,6 +175,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every measurement (default 2)")
     parser.add_argument("--steps", type=int, default=40, help="timed steps of the reference loop (default 40)")
     parser.add_argument("--images", type=int, default=10240, help="training images per timed backmatch epoch (default 10240)")
+    parser.add_argument(
+        "--optimizer-steps", type=int, default=200, help="timed steps per optimiser in the step-time comparison (default 200)"
+    )
     parser.add_argument("--skip-accuracy", action="store_true", help="skip the bf16 accuracy comparison")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -189,10 +203,9 @@ def main() -> None:
         entry["speedup_fp32_sgd"] = entry["backmatch_sgd_fp32"] / reference
         entry["flop_ratio_backmatch_fp32"] = entry["backmatch_sgd_fp32"] * flops / result["matmul_flops_per_second"]
         entry["flop_ratio_reference"] = reference * flops / result["matmul_flops_per_second"]
-        # Alternate the two optimisers and keep each one's best median, so that a
-        # burst of load on the machine does not favour either.
-        entry["sgd_step_seconds"] = min(step_seconds(width, "sgd", 128, 20) for _ in range(3))
-        entry["sa_sgd_step_seconds"] = min(step_seconds(width, "sa-sgd", 128, 20) for _ in range(3))
+        seconds = step_seconds(width, 128, args.optimizer_steps)
+        entry["sgd_step_seconds"] = seconds["sgd"]
+        entry["sa_sgd_step_seconds"] = seconds["sa-sgd"]
         entry["sa_sgd_step_ratio"] = entry["sa_sgd_step_seconds"] / entry["sgd_step_seconds"]
         widths[str(width)] = entry
         logger.info(
