@@ -69,3 +69,11 @@ def test_channel_stats_match_cifar100(data_dir):
     split = load_split(data_dir, "cifar100", train=True)
     mean = split.images.reshape(50_000, 3, -1).mean(axis=(0, 2)) / 255
     assert np.allclose(mean, CHANNEL_STATS["cifar100"][0], atol=1e-3)
+
+
+def test_random_crop_with_flip_equals_crop_then_flip():
+    padded = torch.randint(0, 256, (64, 3, 40, 40), dtype=torch.uint8)
+    together = random_crop(padded, 32, torch.Generator().manual_seed(3), flip=True)
+    generator = torch.Generator().manual_seed(3)
+    separately = random_flip(random_crop(padded, 32, generator), generator)
+    assert torch.equal(together, separately)

@@ -1,7 +1,8 @@
 """Batched data augmentation on the training device.
 
 Both functions work on a whole uint8 batch at once with index arithmetic, so a
-batch costs two gathers and one select instead of a Python loop over images.
+batch costs two gathers instead of a Python loop over images: a flip only
+reverses the column index of the crop.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def random_crop(padded: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def random_crop(padded: torch.Tensor, size: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
     """Cut one random ``size x size`` window out of every image of a padded batch.
 
     Args:
@@ -17,6 +18,9 @@ def random_crop(padded: torch.Tensor, size: int, generator: torch.Generator) -> 
             32x32 images zero-padded by 4 pixels to 40x40.
         size: side of the output window in pixels.
         generator: source of the window offsets, on the same device as ``padded``.
+        flip: also mirror each window left-right with probability 1/2. The
+            result equals ``random_flip(random_crop(...), generator)`` with the
+            same generator state, and it saves a pass over the batch.
 
     Returns:
         Tensor of shape ``(n, c, size, size)`` and the dtype of ``padded``.
@@ -38,8 +42,11 @@ def random_crop(padded: torch.Tensor, size: int, generator: torch.Generator) -> 
 
     rows = (top[:, None] + offsets).view(n, 1, size, 1).expand(n, channels, size, width)
     cropped = padded.gather(2, rows)
-    cols = (left[:, None] + offsets).view(n, 1, 1, size).expand(n, channels, size, size)
-    return cropped.gather(3, cols)
+    cols = left[:, None] + offsets
+    if flip:
+        mirrored = torch.rand(n, generator=generator, device=device) < 0.5
+        cols = torch.where(mirrored[:, None], cols.flip(1), cols)
+    return cropped.gather(3, cols.view(n, 1, 1, size).expand(n, channels, size, size))
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

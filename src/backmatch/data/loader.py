@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backmatch.data.augment import random_crop, random_flip
+from backmatch.data.augment import random_crop
 from backmatch.data.cifar import Split, dataset_info, load_split
 
 #: Per-channel mean and standard deviation of the training images, pixels in [0, 1].
@@ -85,7 +85,9 @@ class DeviceData:
         """Convert a uint8 batch to normalised float32 values."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return images.float() * self._scale + self._shift
+        # In place on the fresh float copy: the same values without two more
+        # batch-sized allocations.
+        return images.float().mul_(self._scale).add_(self._shift)
 
     def train_batches(
         self, batch_size: int, generator: torch.Generator, augment: bool = True
@@ -105,7 +107,7 @@ class DeviceData:
         for start in range(0, len(self) - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
             if augment:
-                images = random_flip(random_crop(self._padded[index], 32, generator), generator)
+                images = random_crop(self._padded[index], 32, generator, flip=True)
             else:
                 images = self.images[index]
             yield self.normalise(images), self.labels[index]
