@@ -93,17 +93,21 @@ def reference_throughput(data_dir: Path, width: float, workers: int, steps: int,
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def vgg_and_optimizer(width: float, optimizer_name: str, lr: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Return a channels-last VGG13-BN (seed 0) and SGD or scale-amended SGD for it."""
+    torch.manual_seed(0)
+    model = vgg13(10, width=width).to(memory_format=torch.channels_last)
+    if optimizer_name == "sgd":
+        return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    return model, ScaleAmendedSGD(model, lr=lr)
+
+
 def backmatch_throughput(
     data_dir: Path, width: float, optimizer_name: str, precision: str, images: int, batch_size: int, repeats: int = 2
 ) -> float:
     """Return images/s of backmatch's training loop (best epoch of ``repeats``) on a subset of ``images``."""
     data = load_device_data(data_dir, "cifar10", True, torch.device("cpu"), subset=images, channels_last=True)
-    torch.manual_seed(0)
-    model = vgg13(10, width=width).to(memory_format=torch.channels_last)
-    if optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    else:
-        optimizer = ScaleAmendedSGD(model, lr=0.05)
+    model, optimizer = vgg_and_optimizer(width, optimizer_name, lr=0.05)
     generator = torch.Generator().manual_seed(0)
     train_epoch(model, optimizer, data, batch_size, generator, precision=precision)
     rates = [
@@ -125,13 +129,7 @@ def step_seconds(width: float, batch_size: int, steps: int) -> dict[str, float]:
     labels = torch.randint(0, 10, (batch_size,))
     runs = {}
     for name in ("sgd", "sa-sgd"):
-        torch.manual_seed(0)
-        model = vgg13(10, width=width).to(memory_format=torch.channels_last)
-        if name == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
-        else:
-            optimizer = ScaleAmendedSGD(model, lr=0.0)
-        runs[name] = (model, optimizer, [])
+        runs[name] = (*vgg_and_optimizer(width, name, lr=0.0), [])
 
     warmup = 5
     for step in range(steps + warmup):

@@ -26,6 +26,11 @@ def _expected(network, statistics):
     return torch.cat(parts)
 
 
+def _watch(network):
+    """Return a statistics recorder and a variance tracker for the blocks of ``network``."""
+    return StatisticsRecorder(network.blocks()), BatchVariances(network.blocks())
+
+
 def _forward(network, recorder, seed):
     generator = torch.Generator().manual_seed(seed)
     network(torch.randn(16, 3, 32, 32, generator=generator))
@@ -34,8 +39,7 @@ def _forward(network, recorder, seed):
 
 def test_first_call_recomputes():
     network = _network()
-    recorder = StatisticsRecorder(network.blocks())
-    variances = BatchVariances(network.blocks())
+    recorder, variances = _watch(network)
     values = variances(_forward(network, recorder, 0))
     assert not variances.recovered
     torch.testing.assert_close(values, _expected(network, recorder.statistics), rtol=0, atol=0)
@@ -43,8 +47,7 @@ def test_first_call_recomputes():
 
 def test_next_steps_recover_from_running_variance():
     network = _network()
-    recorder = StatisticsRecorder(network.blocks())
-    variances = BatchVariances(network.blocks())
+    recorder, variances = _watch(network)
     for seed in range(4):
         values = variances(_forward(network, recorder, seed))
         torch.testing.assert_close(values, _expected(network, recorder.statistics), rtol=1e-4, atol=1e-7)
@@ -53,8 +56,7 @@ def test_next_steps_recover_from_running_variance():
 
 def test_extra_training_forward_falls_back():
     network = _network()
-    recorder = StatisticsRecorder(network.blocks())
-    variances = BatchVariances(network.blocks())
+    recorder, variances = _watch(network)
     variances(_forward(network, recorder, 0))
     statistics = _forward(network, recorder, 1)
     with torch.no_grad():
@@ -68,8 +70,7 @@ def test_extra_training_forward_falls_back():
 
 def test_gradient_accumulation_falls_back():
     network = _network()
-    recorder = StatisticsRecorder(network.blocks())
-    variances = BatchVariances(network.blocks())
+    recorder, variances = _watch(network)
     variances(_forward(network, recorder, 0))
     _forward(network, recorder, 1)
     values = variances(_forward(network, recorder, 2))
@@ -79,8 +80,7 @@ def test_gradient_accumulation_falls_back():
 
 def test_loaded_state_falls_back_until_snapshot():
     network = _network()
-    recorder = StatisticsRecorder(network.blocks())
-    variances = BatchVariances(network.blocks())
+    recorder, variances = _watch(network)
     variances(_forward(network, recorder, 0))
     network.load_state_dict(_network().state_dict())
     variances(_forward(network, recorder, 1))
@@ -98,8 +98,7 @@ def test_batch_norm_without_running_stats():
     block = ConvBlock(3, 4, batch_norm=True, pool=True)
     block.batch_norm = nn.BatchNorm2d(4, track_running_stats=False)
     network = BlockNetwork([("conv", "conv", block), ("fc", "linear", LinearBlock(4 * 16 * 16, 10, relu=False, flatten=True))])
-    recorder = StatisticsRecorder(network.blocks())
-    variances = BatchVariances(network.blocks())
+    recorder, variances = _watch(network)
     for seed in range(2):
         values = variances(_forward(network, recorder, seed))
         torch.testing.assert_close(values, _expected(network, recorder.statistics), rtol=0, atol=0)
