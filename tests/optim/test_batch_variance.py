@@ -1,5 +1,6 @@
 """Batch variances recovered from running variances against recomputed ones."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -102,3 +103,52 @@ def test_batch_norm_without_running_stats():
     for seed in range(2):
         values = variances(_forward(network, recorder, seed))
         torch.testing.assert_close(values, _expected(network, recorder.statistics), rtol=0, atol=0)
+
+
+def test_assigned_state_falls_back():
+    network, source = _network(), _network()
+    recorder, variances = _watch(network)
+    _forward(source, StatisticsRecorder(source.blocks()), 5)
+    variances(_forward(network, recorder, 0))
+    # The loaded buffers bring their own version counters, one update ahead.
+    network.load_state_dict(source.state_dict(), assign=True)
+    values = variances(_forward(network, recorder, 1))
+    assert not variances.recovered
+    torch.testing.assert_close(values, _expected(network, recorder.statistics), rtol=0, atol=0)
+
+
+def test_imprecise_recovery_falls_back():
+    network = _network()
+    for block in network.blocks():
+        if block.batch_norm is not None:
+            block.batch_norm.momentum = 0.01
+    recorder, variances = _watch(network)
+    for seed in range(2):
+        generator = torch.Generator().manual_seed(seed)
+        # Tiny inputs give conv1 a batch variance far below its running variance of 1.
+        network(1e-3 * torch.randn(16, 3, 32, 32, generator=generator))
+        values = variances([recorder.statistics[block.name] for block in network.blocks()])
+    assert not variances.recovered
+    torch.testing.assert_close(values, _expected(network, recorder.statistics), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.0])
+def test_momentum_without_recovery(momentum):
+    network = _network()
+    for block in network.blocks():
+        if block.batch_norm is not None:
+            block.batch_norm.momentum = momentum
+    recorder, variances = _watch(network)
+    for seed in range(2):
+        values = variances(_forward(network, recorder, seed))
+        assert not variances.recovered
+        torch.testing.assert_close(values, _expected(network, recorder.statistics), rtol=0, atol=0)
+
+
+def test_batch_norm_in_eval_mode_rejected():
+    network = _network()
+    recorder, variances = _watch(network)
+    statistics = _forward(network, recorder, 0)
+    network.blocks()[2].batch_norm.eval()
+    with pytest.raises(ValueError, match="batch norm of block 'conv3' is in eval mode"):
+        variances(statistics)

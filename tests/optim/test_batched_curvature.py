@@ -7,7 +7,7 @@ from torch import nn
 from backmatch.models import mlp, vgg13
 from backmatch.models.blocks import BlockNetwork, ConvBlock, LinearBlock, ResidualBlock
 from backmatch.optim.batched_curvature import BatchedClosedForm
-from backmatch.optim.curvature import closed_form_curvature
+from backmatch.optim.curvature import closed_form_curvature, measure_closed_form
 from backmatch.optim.statistics import RHO_MIN_SAMPLES, RHO_POSITIONS, StatisticsRecorder, rho_samples
 
 
@@ -115,3 +115,49 @@ def test_recorder_ignores_eval_and_no_grad_passes():
     network.eval()
     network(torch.randn(6, 3, 32, 32))
     assert recorder.statistics["conv3"] is recorded
+
+
+def test_batched_follows_residual_scale():
+    torch.manual_seed(0)
+    network = _mixed_network()
+    recorder = StatisticsRecorder(network.blocks())
+    batched = BatchedClosedForm(network.blocks())
+    for scale in (0.5, 0.1):
+        network.layers[4].scale = scale
+        network(torch.randn(16, 3, 8, 8))
+        statistics = [recorder.statistics[block.name] for block in network.blocks()]
+        result = batched(statistics)[4]
+        expected = closed_form_curvature(network.blocks()[4], statistics[4])
+        assert result.m_w == pytest.approx(expected.m_w, rel=1e-5), scale
+        assert result.m_z == pytest.approx(expected.m_z, rel=1e-5), scale
+
+
+def test_batched_without_affine_batch_norm():
+    torch.manual_seed(0)
+    block = ConvBlock(3, 4, batch_norm=True, pool=True)
+    block.batch_norm = nn.BatchNorm2d(4, affine=False)
+    network = BlockNetwork([("conv", "conv", block), ("fc", "linear", LinearBlock(4 * 4 * 4, 5, relu=False, flatten=True))])
+    statistics = _record(network, (16, 3, 8, 8))
+    result = BatchedClosedForm(network.blocks())(statistics)[0]
+    expected = closed_form_curvature(network.blocks()[0], statistics[0])
+    assert result.m_w == pytest.approx(expected.m_w, rel=1e-5)
+    assert result.m_z == pytest.approx(expected.m_z, rel=1e-5)
+
+
+def test_recorder_ignores_deep_copies():
+    torch.manual_seed(0)
+    network = vgg13(10, width=0.125)
+    recorder = StatisticsRecorder(network.blocks())
+    network(torch.randn(8, 3, 32, 32))
+    recorded = recorder.statistics["conv1"]
+    measure_closed_form(network.blocks()[0], torch.randn(3, 3, 32, 32))
+    assert recorder.statistics["conv1"] is recorded
+
+
+@pytest.mark.parametrize("option", [{"groups": 2}, {"padding_mode": "circular"}, {"padding": "same"}])
+def test_recorder_rejects_unsupported_conv(option):
+    module = ConvBlock(4, 6, batch_norm=False, pool=False)
+    module.layer = nn.Conv2d(4, 6, kernel_size=3, **{"padding": 1, **option})
+    network = BlockNetwork([("conv", "conv", module)])
+    with pytest.raises(ValueError, match="block 'conv'"):
+        StatisticsRecorder(network.blocks())

@@ -6,7 +6,9 @@ takes about a dozen small tensor operations per block, and on the CPU their
 dispatch costs more than their arithmetic. :class:`BatchedClosedForm` writes
 every formula as an operation on one vector over the output units of all
 blocks. A step then costs one reduction per block, the norm of the weight over
-input channels, plus a fixed number of operations for the network. The
+input channels, one product per block without batch norm, and a fixed number
+of operations for the network. A batch norm whose variance cannot be recovered
+from its running variance costs one more forward of its layer. The
 batch-norm variances come from :class:`~backmatch.optim.batch_variance.BatchVariances`.
 
 Every unit ``i`` of block ``b`` gets a gain ``g_i`` (the batch-norm ``gamma_i``,
@@ -42,7 +44,8 @@ class _Layout:
     tap_weights: torch.Tensor
     #: Per unit and kernel tap (flat), the index of the unit.
     tap_units: torch.Tensor
-    #: Per block, the gain ``g_i`` that applies without batch norm (the residual scale or 1).
+    #: Per block, the gain ``g_i`` that applies without batch norm or its
+    #: affine parameters (the residual scale or 1).
     fixed_gains: list[torch.Tensor]
     #: Per block, ones that stand in for ``active`` without ReLU.
     unit_ones: list[torch.Tensor]
@@ -68,7 +71,11 @@ class BatchedClosedForm:
     """Compute :class:`Curvature` of every block of a network from one forward pass.
 
     The result equals :func:`~backmatch.optim.curvature.closed_form_curvature`
-    applied block by block, up to float32 rounding.
+    applied block by block, up to float32 rounding and the rounding of the
+    recovered batch-norm variances (see
+    :data:`~backmatch.optim.batch_variance.RECOVERY_TOLERANCE`). Under autocast
+    the recovered variance is that of batch norm's lower-precision input, which
+    the reference recomputes in float32.
 
     Args:
         blocks: the blocks, in the order of the statistics passed to :meth:`__call__`.
@@ -87,8 +94,7 @@ class BatchedClosedForm:
     Note:
         The constants depend on the batch shapes, so they are rebuilt whenever
         the shapes change (for example on a smaller last batch) and reused
-        otherwise. The residual ``scale`` of a block is read when they are
-        built, so a later change to it takes effect only with new shapes.
+        otherwise, and they follow a change of a residual block's ``scale``.
     """
 
     def __init__(self, blocks: list[Block]):
@@ -129,7 +135,8 @@ class BatchedClosedForm:
                 gains.append(layout.fixed_gains[index])
                 numerators.append((stats.patch_energy * layout.inverse_fan_in[index]).expand(layout.units[index]))
             else:
-                gains.append(_as_float(batch_norm.weight))
+                # A batch norm without affine parameters has gain 1.
+                gains.append(layout.fixed_gains[index] if batch_norm.weight is None else _as_float(batch_norm.weight))
                 numerators.append(layout.position_counts[index])
 
         gain_sq = torch.cat(gains).square()
@@ -145,6 +152,9 @@ class BatchedClosedForm:
         per_unit = m_w_units.split(layout.units)
         return [Curvature(m_w=m_w, m_z=m_z, m_w_per_unit=part) for (m_w, m_z), part in zip(values, per_unit)]
 
+    def _scales(self) -> list[float | None]:
+        return [block.module.scale if block.kind == "residual" else None for block in self.blocks]
+
     def _layout_for(self, statistics: list[BlockStatistics]) -> _Layout:
         key = tuple(
             (
@@ -154,8 +164,9 @@ class BatchedClosedForm:
                 stats.input_size,
                 stats.active is None,
                 weight.device,
+                scale,
             )
-            for weight, stats in zip(self._weights, statistics)
+            for weight, stats, scale in zip(self._weights, statistics, self._scales())
         )
         if key != self._layout_key:
             self._layout = _build_layout(self.blocks, statistics)

@@ -76,7 +76,9 @@ def closed_form_curvature(block: Block, statistics: BlockStatistics) -> Curvatur
 
     rho = statistics.active_fraction(units, weight_sq.device)
     if block.batch_norm is not None:
-        gamma_sq = block.batch_norm.weight.detach().float().square()
+        gamma = block.batch_norm.weight
+        # A batch norm without affine parameters has gain 1.
+        gamma_sq = torch.ones(units, device=weight_sq.device) if gamma is None else gamma.detach().float().square()
         scale_sq = gamma_sq / (batch_variance(block, statistics) + block.batch_norm.eps)
         m_w_units = gamma_sq * rho * statistics.positions / row_norms.clamp_min(torch.finfo(torch.float32).tiny)
     else:

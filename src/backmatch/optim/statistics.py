@@ -69,8 +69,9 @@ class BlockStatistics:
             forward pass, to detect a later in-place change.
         bn_updates: the in-place version counter of the batch norm's
             ``num_batches_tracked`` right after the forward pass, which counts
-            its training forward passes; ``None`` without batch norm or without
-            running statistics.
+            its training forward passes. It is ``None`` unless the batch norm
+            moves its running variance by a momentum (see
+            :func:`recovers_from_running_variance`).
     """
 
     samples: int
@@ -123,6 +124,31 @@ def count_positive(x: torch.Tensor, samples: int | None = None) -> torch.Tensor:
     return torch.sign(x[:samples]).sum(dim=dims, dtype=torch.float32)
 
 
+def recovers_from_running_variance(batch_norm: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Return whether a training forward pass of ``batch_norm`` moves ``running_var`` by a momentum.
+
+    Only then does the running variance before and after a forward pass give
+    the batch variance. Without running statistics, or with ``momentum`` None
+    (a cumulative average) or 0, it does not.
+    """
+    return batch_norm.track_running_stats and bool(batch_norm.momentum)
+
+
+def check_batch_statistics(block: Block) -> None:
+    """Raise ``ValueError`` if the batch norm of ``block`` does not normalise by batch statistics.
+
+    A batch norm in eval mode inside a block in train mode divides by its
+    running variance, so the block is an affine map and the batch-norm closed
+    forms do not describe it.
+    """
+    batch_norm = block.batch_norm
+    if batch_norm is not None and not batch_norm.training and batch_norm.track_running_stats:
+        raise ValueError(
+            f"the batch norm of block {block.name!r} is in eval mode while the block trains, and the "
+            "closed-form curvatures assume batch statistics; put it in train mode or use estimator 'numerical'"
+        )
+
+
 def batch_variance(block: Block, statistics: BlockStatistics) -> torch.Tensor:
     """Return the biased batch variance of the batch norm of ``block``, without epsilon.
 
@@ -132,12 +158,14 @@ def batch_variance(block: Block, statistics: BlockStatistics) -> torch.Tensor:
     precision.
 
     Raises:
-        ValueError: if ``block`` has no batch norm or no input was recorded.
+        ValueError: if ``block`` has no batch norm, its batch norm is in eval
+            mode (see :func:`check_batch_statistics`), or no input was recorded.
         RuntimeError: if the input was changed in place after the forward pass.
     """
     batch_norm = block.batch_norm
     if batch_norm is None:
         raise ValueError(f"block {block.name!r} has no batch norm")
+    check_batch_statistics(block)
     if statistics.inputs is None:
         raise ValueError(f"block {block.name!r}: no input was recorded, so its batch variance cannot be computed")
     if statistics.inputs._version != statistics.input_version:
@@ -231,6 +259,11 @@ class StatisticsRecorder:
     Args:
         blocks: blocks to watch.
 
+    Raises:
+        ValueError: for a convolution with ``groups`` above 1, a padding mode
+            other than zeros, or padding given as a string, because the closed
+            forms count zero-padded windows of a dense convolution.
+
     Example:
         >>> from backmatch.models.blocks import LinearBlock
         >>> layer = LinearBlock(3, 2)
@@ -255,14 +288,16 @@ class StatisticsRecorder:
         layer = block.layer
         batch_norm = block.batch_norm
         has_relu = block.has_relu
-        counts_updates = (
-            batch_norm is not None and batch_norm.track_running_stats and batch_norm.momentum is not None
-        )
+        counts_updates = batch_norm is not None and recovers_from_running_variance(batch_norm)
+        if isinstance(layer, nn.Conv2d):
+            _check_conv(block.name, layer)
 
         output_sizes: dict[tuple[int, int], tuple[int, int]] = {}
 
         def on_output(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if not (torch.is_grad_enabled() and module.training):
+            # A deep copy of the module carries this hook along; its passes
+            # (for example measure_closed_form on a copy) must not count here.
+            if module is not inner or not (torch.is_grad_enabled() and module.training):
                 return
             x = args[0]
             samples = x.shape[0]
@@ -302,10 +337,24 @@ class StatisticsRecorder:
         self._handles.clear()
 
 
+def _check_conv(name: str, conv: nn.Conv2d) -> None:
+    """Raise ``ValueError`` for a convolution that the closed forms do not describe."""
+    if conv.groups != 1:
+        raise ValueError(f"block {name!r}: the closed forms need groups=1 convolutions, got groups={conv.groups}")
+    if conv.padding_mode != "zeros":
+        raise ValueError(
+            f"block {name!r}: the closed forms count zero padding, got padding_mode={conv.padding_mode!r}"
+        )
+    if isinstance(conv.padding, str):
+        raise ValueError(
+            f"block {name!r}: give the convolution's padding in pixels instead of padding={conv.padding!r}"
+        )
+
+
 def _patch_energy(layer: nn.Linear | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Return ``sum ||input patch||^2`` over samples and output positions of ``layer``.
 
-    A convolution sees each input pixel once per window that contains it, so
+    A convolution reads each input pixel once per window that contains it, so
     the pixel energies are weighted by the coverage of the zero-padded windows.
     """
     if isinstance(layer, nn.Conv2d):
