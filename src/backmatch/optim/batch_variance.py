@@ -15,6 +15,7 @@ import torch
 from backmatch.models.blocks import Block
 from backmatch.optim.statistics import (
     BlockStatistics,
+    as_float32,
     batch_variance,
     check_batch_statistics,
     recovers_from_running_variance,
@@ -85,9 +86,7 @@ class BatchVariances:
 
     @torch.no_grad()
     def __call__(self, statistics: list[BlockStatistics]) -> torch.Tensor:
-        tracked = [
-            batch_norm is not None and recovers_from_running_variance(batch_norm) for batch_norm in self._batch_norms
-        ]
+        tracked = self._tracked()
         for block, batch_norm in zip(self.blocks, self._batch_norms):
             if batch_norm is not None:
                 check_batch_statistics(block)
@@ -103,7 +102,7 @@ class BatchVariances:
             if batch_norm is None:
                 after_parts.append(self._ones[index])
             elif tracked[index]:
-                after_parts.append(_as_float(batch_norm.running_var))
+                after_parts.append(as_float32(batch_norm.running_var))
             else:
                 after_parts.append(batch_variance(block, stats))
         after = torch.cat(after_parts)
@@ -128,8 +127,7 @@ class BatchVariances:
             ]
             variance = torch.cat(parts).add_(eps)
 
-        self._snapshot, self._snapshot_updates = after, updates
-        self._snapshot_tensors = self._running_variances(tracked)
+        self._remember(after, updates, tracked)
         return variance
 
     @torch.no_grad()
@@ -139,14 +137,23 @@ class BatchVariances:
         Call this after loading the batch norms' state, so that the first step
         of a resumed run recovers the variances as an uninterrupted run does.
         """
-        tracked = [
-            batch_norm is not None and recovers_from_running_variance(batch_norm) for batch_norm in self._batch_norms
-        ]
-        self._snapshot = torch.cat([
-            _as_float(batch_norm.running_var) if flag else ones
+        tracked = self._tracked()
+        running = torch.cat([
+            as_float32(batch_norm.running_var) if flag else ones
             for batch_norm, flag, ones in zip(self._batch_norms, tracked, self._ones)
         ])
-        self._snapshot_updates = self._updates(tracked)
+        self._remember(running, self._updates(tracked), tracked)
+
+    def _tracked(self) -> list[bool]:
+        """Return, per block, whether its variance can be recovered from the running variance."""
+        return [
+            batch_norm is not None and recovers_from_running_variance(batch_norm) for batch_norm in self._batch_norms
+        ]
+
+    def _remember(self, running: torch.Tensor, updates: tuple[int | None, ...], tracked: list[bool]) -> None:
+        """Keep ``running`` (per unit; only the tracked units matter) with the counters and buffers it belongs to."""
+        self._snapshot = running
+        self._snapshot_updates = updates
         self._snapshot_tensors = self._running_variances(tracked)
 
     def _updates(self, tracked: list[bool]) -> tuple[int | None, ...]:
@@ -197,6 +204,3 @@ class BatchVariances:
             self._constants_key = key
         return self._constants
 
-
-def _as_float(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.dtype == torch.float32 else tensor.float()

@@ -1,9 +1,9 @@
 """The closed-form curvatures of all blocks of a network, computed together.
 
-Scale-amended SGD needs ``m_W`` and ``m_z`` of every block on every step. One
-block at a time (:func:`~backmatch.optim.curvature.closed_form_curvature`) that
-takes about a dozen small tensor operations per block, and on the CPU their
-dispatch costs more than their arithmetic. :class:`BatchedClosedForm` writes
+Scale-amended SGD needs ``m_W`` and ``m_z`` of every block on every step.
+Computed one block at a time (:func:`~backmatch.optim.curvature.closed_form_curvature`),
+they take about a dozen small tensor operations per block, and on the CPU the
+dispatch of those operations costs more than their arithmetic. :class:`BatchedClosedForm` writes
 every formula as an operation on one vector over the output units of all
 blocks. A step then costs one reduction per block, the norm of the weight over
 input channels, one product per block without batch norm, and a fixed number
@@ -33,7 +33,7 @@ import torch
 from backmatch.models.blocks import Block
 from backmatch.optim.batch_variance import BatchVariances
 from backmatch.optim.curvature import Curvature
-from backmatch.optim.statistics import BlockStatistics, conv_geometry
+from backmatch.optim.statistics import BlockStatistics, as_float32, conv_geometry
 
 
 @dataclass
@@ -110,14 +110,17 @@ class BatchedClosedForm:
     @torch.no_grad()
     def __call__(self, statistics: list[BlockStatistics]) -> list[Curvature]:
         if len(statistics) != len(self.blocks):
-            raise ValueError(f"expected statistics for {len(self.blocks)} blocks, got {len(statistics)}")
+            raise ValueError(
+                f"expected statistics for {len(self.blocks)} blocks, got {len(statistics)}; "
+                "pass one BlockStatistics per block, in the order of the blocks"
+            )
         layout = self._layout_for(statistics)
 
         # Reducing over input channels first reads each weight once and writes
         # only (units, taps) values, which is several times faster on the CPU
         # than squaring the whole weight.
         tap_energies = torch.cat([
-            torch.linalg.vector_norm(_as_float(weight), dim=1).reshape(-1)
+            torch.linalg.vector_norm(as_float32(weight), dim=1).reshape(-1)
             for weight in self._weights
         ]).square()
         weighted = torch.stack([tap_energies, tap_energies * layout.tap_weights], dim=1)
@@ -136,7 +139,7 @@ class BatchedClosedForm:
                 numerators.append((stats.patch_energy * layout.inverse_fan_in[index]).expand(layout.units[index]))
             else:
                 # A batch norm without affine parameters has gain 1.
-                gains.append(layout.fixed_gains[index] if batch_norm.weight is None else _as_float(batch_norm.weight))
+                gains.append(layout.fixed_gains[index] if batch_norm.weight is None else as_float32(batch_norm.weight))
                 numerators.append(layout.position_counts[index])
 
         gain_sq = torch.cat(gains).square()
@@ -172,10 +175,6 @@ class BatchedClosedForm:
             self._layout = _build_layout(self.blocks, statistics)
             self._layout_key = key
         return self._layout
-
-
-def _as_float(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def _tap_weights(block: Block, stats: BlockStatistics, device: torch.device) -> torch.Tensor:

@@ -23,7 +23,7 @@ from backmatch.hessian.operators import (
 )
 from backmatch.models.blocks import Block, BlockNetwork
 from backmatch.optim.batched_curvature import BatchedClosedForm
-from backmatch.optim.curvature import Curvature, closed_form_curvature
+from backmatch.optim.curvature import Curvature
 from backmatch.optim.statistics import BlockStatistics, StatisticsRecorder
 from backmatch.settings import ScaleAmendedOptions
 
@@ -94,21 +94,24 @@ class ScaleAmendedSGD(torch.optim.SGD):
             groups.append({"params": others, "block": None, "scaled": False, "m_w": None, "m_z": None})
         super().__init__(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
-        self._curvature = curvature or self._default_curvature()
         # The default closed forms of all blocks are computed together, which
         # costs a fraction of the operations of one call per block.
-        self._batched = BatchedClosedForm(self.blocks) if curvature is None and self.options.estimator == "closed_form" else None
+        self._batched: BatchedClosedForm | None = None
+        self._curvature = curvature
+        if curvature is None:
+            self._batched, self._curvature = self._default_curvature()
         self._recorder = StatisticsRecorder(self.blocks)
         self._generator = torch.Generator(device=self.blocks[0].weight.device).manual_seed(0)
         #: Per block name: m_w, m_z (smoothed), factor and whether the clip fired, from the last step.
         self.last_record: dict[str, dict[str, float | bool]] = {}
 
-    def _default_curvature(self) -> CurvatureFunction:
+    def _default_curvature(self) -> tuple[BatchedClosedForm | None, CurvatureFunction | None]:
+        """Return the batched closed forms, or the per-block estimator that ``options`` select."""
         if self.options.estimator == "closed_form":
             if self.options.scalar != "mean":
                 raise ValueError("scalar 'max' needs estimator 'numerical', because the closed forms give traces only")
-            return closed_form_curvature
-        return self._numerical_curvature
+            return BatchedClosedForm(self.blocks), None
+        return None, self._numerical_curvature
 
     def _numerical_curvature(self, block: Block, statistics: BlockStatistics) -> Curvature:
         if statistics.inputs is None:
@@ -145,8 +148,6 @@ class ScaleAmendedSGD(torch.optim.SGD):
         if generator_state is not None:
             self._generator.set_state(generator_state.cpu() if generator_state.device.type != "cpu" else generator_state)
         if self._batched is not None:
-            # The model's state is loaded first, so its running variances are
-            # those of the saved step.
             self._batched.variances.take_snapshot()
 
     def remove_hooks(self) -> None:

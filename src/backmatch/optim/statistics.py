@@ -98,6 +98,11 @@ class BlockStatistics:
         return self.active / self.counted_positions
 
 
+def as_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Return ``tensor`` in float32, itself when it already is (no copy, no dispatch)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
 def count_positive(x: torch.Tensor, samples: int | None = None) -> torch.Tensor:
     """Return, per channel (dim 1), how many entries of the first ``samples`` samples of ``x`` are positive.
 
@@ -112,8 +117,6 @@ def count_positive(x: torch.Tensor, samples: int | None = None) -> torch.Tensor:
     if torch.is_grad_enabled():
         x = x.detach()
     samples = x.shape[0] if samples is None else samples
-    if samples == x.shape[0] and x.dim() == 2:
-        return torch.sign(x).sum(dim=0, dtype=torch.float32)
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         # The leading samples of a channels-last tensor are a (positions, channels)
         # matrix in memory, and one strided view reaches it.
@@ -167,7 +170,10 @@ def batch_variance(block: Block, statistics: BlockStatistics) -> torch.Tensor:
         raise ValueError(f"block {block.name!r} has no batch norm")
     check_batch_statistics(block)
     if statistics.inputs is None:
-        raise ValueError(f"block {block.name!r}: no input was recorded, so its batch variance cannot be computed")
+        raise ValueError(
+            f"block {block.name!r}: no input was recorded, so its batch variance cannot be computed; "
+            "record the statistics with StatisticsRecorder during a training forward pass"
+        )
     if statistics.inputs._version != statistics.input_version:
         raise RuntimeError(
             f"the input of block {block.name!r} was modified in place after the forward pass; "
